@@ -1,0 +1,1 @@
+//! Non-standard TRIFFT events to Klaviyo through a declarative mapping.

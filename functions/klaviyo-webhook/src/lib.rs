@@ -1,0 +1,1 @@
+//! Klaviyo Flow webhooks to TRIFFT's Batch API: authenticated, validated, idempotent.

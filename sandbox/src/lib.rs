@@ -1,0 +1,1 @@
+//! Emulated TRIFFT and Klaviyo APIs.

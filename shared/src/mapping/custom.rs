@@ -1,0 +1,1 @@
+//! TRIFFT custom webhooks to Klaviyo events through a declarative mapping (DESIGN §5).

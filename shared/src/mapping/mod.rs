@@ -1,0 +1,4 @@
+//! Pure functions that turn one vendor's data into the other's.
+
+pub mod custom;
+pub mod standard;
