@@ -113,7 +113,7 @@ mod tests {
         let vars = [("POINTS_CAP", "lots"), ("BLANK", "  "), ("SYNC_MARGIN_SECONDS", "-3")];
         let e = parsed_or(&vars, "POINTS_CAP", 10u64).unwrap_err();
         assert!(e.to_string().contains("POINTS_CAP"), "{e}");
-        assert!(required(&vars, "BLANK").unwrap_err().to_string().contains("BLANK is not set"));
+        assert!(required(&vars, "BLANK").unwrap_err().to_string().contains("BLANK: is not set"));
         assert!(seconds_or(&vars, "SYNC_MARGIN_SECONDS", Duration::ZERO).is_err());
         assert_eq!(parsed_or(&vars, "UNSET", 7u64).unwrap(), 7);
     }
