@@ -18,3 +18,10 @@ pub mod trifft;
 
 pub use deadline::Deadline;
 pub use error::{Error, ErrorClass, Result, Service};
+
+/// Marks what the bridge itself caused, so it is not fed back in a loop: klaviyo-webhook
+/// puts `"source": ORIGIN_MARKER` in every TRIFFT batch item payload, and custom-events
+/// ignores a TRIFFT webhook whose body carries it (see `mapping::custom`).
+pub const ORIGIN_MARKER: &str = "trifft-klaviyo-bridge";
+/// The field that carries [`ORIGIN_MARKER`].
+pub const ORIGIN_FIELD: &str = "source";
