@@ -8,6 +8,7 @@
 pub mod config;
 pub mod deadline;
 pub mod error;
+pub mod http;
 pub mod klaviyo;
 pub mod mapping;
 pub mod pacing;

@@ -1,7 +1,26 @@
 //! Builders that split any number of events and profiles into bulk requests at the
-//! documented count and byte limits. (Implemented in the foundation issue's Klaviyo part.)
+//! documented count and byte limits. Pure: no I/O.
+//!
+//! Packing is greedy in the order given: a request is closed only when the next item does
+//! not fit, which for a fixed order is the fewest requests the limits allow (removing
+//! items from a request never makes it larger, so a maximal prefix is always right).
+//! Sizes are accounted exactly: a compact JSON array is `[` + items joined by `,` + `]`,
+//! so each request's size is the sum of its parts' serialized sizes plus the commas, and
+//! the body emitted is exactly that long.
+
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::limits::{
+    BULK_BODY_MAX_BYTES, BULK_EVENTS_MAX, BULK_PROFILES_MAX, EVENT_PROPERTIES_MAX,
+    METRIC_NAME_MAX_CHARS, PROFILE_MAX_BYTES, STRING_MAX_BYTES,
+};
+use super::model::{
+    Event, Profile, ProfileIdentity, event_attributes, event_bulk_entry, profile_resource,
+};
+use crate::{Error, Result};
 
 /// One `POST /api/event-bulk-create-jobs` body, serialised, with what it holds.
 #[derive(Debug, Clone)]
@@ -9,6 +28,8 @@ pub struct EventBulkRequest {
     pub body: Bytes,
     pub events: usize,
     pub profiles: usize,
+    /// The `unique_id` of every event in the body, in the order pushed (for reporting).
+    pub unique_ids: Vec<String>,
 }
 
 /// One `POST /api/profile-bulk-import-jobs` body, serialised, with what it holds.
@@ -16,4 +37,801 @@ pub struct EventBulkRequest {
 pub struct ProfileBulkRequest {
     pub body: Bytes,
     pub profiles: usize,
+}
+
+fn serialized_len(value: &Value) -> usize {
+    // Serializing a Value cannot fail (its map keys are strings).
+    serde_json::to_vec(value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+}
+
+fn event_resource(event: &Event) -> Value {
+    json!({ "type": "event", "attributes": event_attributes(event) })
+}
+
+fn event_job(entries: Vec<Value>) -> Value {
+    json!({
+        "data": {
+            "type": "event-bulk-create-job",
+            "attributes": { "events-bulk-create": { "data": entries } }
+        }
+    })
+}
+
+fn profile_job(profiles: Vec<Value>) -> Value {
+    json!({
+        "data": {
+            "type": "profile-bulk-import-job",
+            "attributes": { "profiles": { "data": profiles } }
+        }
+    })
+}
+
+/// The first string in `value` longer than `max` bytes, as a JSON-pointer-like path.
+fn oversized_string(value: &Value, path: &str, max: usize) -> Option<String> {
+    match value {
+        Value::String(s) if s.len() > max => Some(path.to_string()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| oversized_string(v, &format!("{path}/{i}"), max)),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = format!("{path}/{k}");
+            if k.len() > max {
+                Some(here)
+            } else {
+                oversized_string(v, &here, max)
+            }
+        }),
+        _ => None,
+    }
+}
+
+fn check_identity(identity: &ProfileIdentity, what: &str) -> Result<()> {
+    let blank = |v: &Option<String>| v.as_deref().is_none_or(|s| s.trim().is_empty());
+    if identity.is_empty()
+        || (blank(&identity.external_id) && blank(&identity.email) && blank(&identity.phone_number))
+    {
+        return Err(Error::invalid(
+            "profile",
+            format!("{what} has no external_id, email or phone_number"),
+        ));
+    }
+    for (name, value) in [
+        ("external_id", &identity.external_id),
+        ("email", &identity.email),
+        ("phone_number", &identity.phone_number),
+    ] {
+        if value.as_ref().is_some_and(|v| v.len() > STRING_MAX_BYTES) {
+            return Err(Error::invalid(
+                format!("profile.{name}"),
+                format!("{what}: longer than {STRING_MAX_BYTES} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check one event against Klaviyo's per-event limits (for `POST /api/events` too).
+/// The error names the field and the event's unique_id.
+pub fn validate_event(identity: &ProfileIdentity, event: &Event) -> Result<()> {
+    let which = format!("event {:?}", event.unique_id);
+    check_identity(identity, &which)?;
+    if event.unique_id.trim().is_empty() {
+        // Without it a re-send is not harmless, and a bulk request could repeat an event.
+        return Err(Error::invalid("unique_id", "an event needs a unique_id"));
+    }
+    if event.unique_id.len() > STRING_MAX_BYTES {
+        return Err(Error::invalid(
+            "unique_id",
+            format!("{which}: longer than {STRING_MAX_BYTES} bytes"),
+        ));
+    }
+    if event.metric_name.trim().is_empty() {
+        return Err(Error::invalid(
+            "metric.name",
+            format!("{which}: the metric name is empty"),
+        ));
+    }
+    if event.metric_name.chars().count() >= METRIC_NAME_MAX_CHARS {
+        return Err(Error::invalid(
+            "metric.name",
+            format!(
+                "{which}: the metric name must be shorter than {METRIC_NAME_MAX_CHARS} characters"
+            ),
+        ));
+    }
+    if event.properties.len() > EVENT_PROPERTIES_MAX {
+        return Err(Error::invalid(
+            "properties",
+            format!(
+                "{which}: {} properties, at most {EVENT_PROPERTIES_MAX} allowed",
+                event.properties.len()
+            ),
+        ));
+    }
+    let properties = Value::Object(event.properties.clone());
+    if let Some(path) = oversized_string(&properties, "properties", STRING_MAX_BYTES) {
+        return Err(Error::invalid(
+            path,
+            format!("{which}: a string longer than {STRING_MAX_BYTES} bytes"),
+        ));
+    }
+    if event
+        .value_currency
+        .as_ref()
+        .is_some_and(|c| c.len() > STRING_MAX_BYTES)
+    {
+        return Err(Error::invalid(
+            "value_currency",
+            format!("{which}: longer than {STRING_MAX_BYTES} bytes"),
+        ));
+    }
+    if event.value.is_some_and(|v| !v.is_finite()) {
+        return Err(Error::invalid(
+            "value",
+            format!("{which}: not a finite number"),
+        ));
+    }
+    Ok(())
+}
+
+/// Check one profile against Klaviyo's per-profile limits; returns its serialized size.
+pub fn validate_profile(profile: &Profile) -> Result<usize> {
+    let which = match &profile.identity.external_id {
+        Some(id) => format!("profile {id:?}"),
+        None => "profile".to_string(),
+    };
+    check_identity(&profile.identity, &which)?;
+    let resource = profile_resource(profile);
+    if let Some(path) = oversized_string(&resource["attributes"], "attributes", STRING_MAX_BYTES) {
+        return Err(Error::invalid(
+            path,
+            format!("{which}: a string longer than {STRING_MAX_BYTES} bytes"),
+        ));
+    }
+    let size = serialized_len(&resource);
+    if size > PROFILE_MAX_BYTES {
+        return Err(Error::invalid(
+            "profile",
+            format!("{which}: {size} bytes serialized, at most {PROFILE_MAX_BYTES} allowed"),
+        ));
+    }
+    Ok(size)
+}
+
+/// One profile's entry in the open event request.
+#[derive(Debug)]
+struct Entry {
+    identity: ProfileIdentity,
+    events: Vec<Event>,
+    /// Serialized size of the entry with its events.
+    size: usize,
+}
+
+/// Packs events into `POST /api/event-bulk-create-jobs` requests.
+#[derive(Debug)]
+pub struct EventBulkBuilder {
+    max_events: usize,
+    max_bytes: usize,
+    /// Size of the job with no entries: `...{"data":[]}}}}`.
+    envelope: usize,
+    entries: Vec<Entry>,
+    by_identity: HashMap<ProfileIdentity, usize>,
+    /// (identifier kind, identifier, metric, unique_id) of every event in the open request:
+    /// Klaviyo fails a whole bulk request that repeats one, so a repeat is dropped. Keyed
+    /// by each identifier, so two identities sharing an email are also caught.
+    seen: HashSet<(u8, String, String, String)>,
+    events: usize,
+    size: usize,
+    unique_ids: Vec<String>,
+    duplicates_dropped: usize,
+}
+
+impl Default for EventBulkBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBulkBuilder {
+    /// With Klaviyo's limits: 1,000 events and 5 MB a request.
+    pub fn new() -> Self {
+        Self::with_limits(BULK_EVENTS_MAX, BULK_BODY_MAX_BYTES)
+    }
+
+    pub fn with_limits(max_events: usize, max_bytes: usize) -> Self {
+        let envelope = serialized_len(&event_job(Vec::new()));
+        EventBulkBuilder {
+            max_events: max_events.max(1),
+            max_bytes,
+            envelope,
+            entries: Vec::new(),
+            by_identity: HashMap::new(),
+            seen: HashSet::new(),
+            events: 0,
+            size: envelope,
+            unique_ids: Vec::new(),
+            duplicates_dropped: 0,
+        }
+    }
+
+    /// Repeats dropped so far (same profile identifier, metric and unique_id in one request).
+    pub fn duplicates_dropped(&self) -> usize {
+        self.duplicates_dropped
+    }
+
+    /// Events in the open request.
+    pub fn pending_events(&self) -> usize {
+        self.events
+    }
+
+    /// Add one event. Returns the full request when this event did not fit into it (the
+    /// event then opens the next one). An event that cannot fit even alone is refused with
+    /// `Error::InvalidInput` and nothing is added.
+    pub fn push(
+        &mut self,
+        identity: &ProfileIdentity,
+        event: Event,
+    ) -> Result<Option<EventBulkRequest>> {
+        validate_event(identity, &event)?;
+        let event_size = serialized_len(&event_resource(&event));
+        let new_entry_size = serialized_len(&event_bulk_entry(identity, &[])) + event_size;
+        let alone = self.envelope + new_entry_size;
+        if alone > self.max_bytes {
+            return Err(Error::invalid(
+                "event",
+                format!(
+                    "event {:?}: {alone} bytes as a bulk request alone, at most {} allowed",
+                    event.unique_id, self.max_bytes
+                ),
+            ));
+        }
+        let keys = dedup_keys(identity, &event);
+        if keys.iter().any(|k| self.seen.contains(k)) {
+            self.duplicates_dropped += 1;
+            return Ok(None);
+        }
+
+        let fits = |b: &Self| {
+            let grown = match b.by_identity.get(identity) {
+                // A comma and the event inside the profile's existing events array.
+                Some(_) => b.size + 1 + event_size,
+                None => b.size + usize::from(!b.entries.is_empty()) + new_entry_size,
+            };
+            b.events < b.max_events && grown <= b.max_bytes
+        };
+        let full = if fits(self) { None } else { self.take() };
+        // Not a repeat in a fresh request either: `take` cleared what was seen.
+        self.add(identity, event, event_size, new_entry_size, keys);
+        Ok(full)
+    }
+
+    /// The last, partly filled request, if any event is left in it.
+    pub fn finish(mut self) -> Option<EventBulkRequest> {
+        self.take()
+    }
+
+    fn add(
+        &mut self,
+        identity: &ProfileIdentity,
+        event: Event,
+        event_size: usize,
+        new_entry_size: usize,
+        keys: Vec<(u8, String, String, String)>,
+    ) {
+        self.unique_ids.push(event.unique_id.clone());
+        self.seen.extend(keys);
+        self.events += 1;
+        match self.by_identity.get(identity) {
+            Some(&i) => {
+                let entry = &mut self.entries[i];
+                entry.events.push(event);
+                entry.size += 1 + event_size;
+                self.size += 1 + event_size;
+            }
+            None => {
+                self.size += usize::from(!self.entries.is_empty()) + new_entry_size;
+                self.by_identity
+                    .insert(identity.clone(), self.entries.len());
+                self.entries.push(Entry {
+                    identity: identity.clone(),
+                    events: vec![event],
+                    size: new_entry_size,
+                });
+            }
+        }
+    }
+
+    fn take(&mut self) -> Option<EventBulkRequest> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let entries = std::mem::take(&mut self.entries);
+        let profiles = entries.len();
+        let values: Vec<Value> = entries
+            .iter()
+            .map(|e| event_bulk_entry(&e.identity, &e.events.iter().collect::<Vec<_>>()))
+            .collect();
+        debug_assert_eq!(
+            self.size,
+            self.envelope
+                + entries.iter().map(|e| e.size).sum::<usize>()
+                + profiles.saturating_sub(1)
+        );
+        let body = Bytes::from(serde_json::to_vec(&event_job(values)).unwrap_or_default());
+        debug_assert_eq!(body.len(), self.size, "size accounting must match the body");
+        let request = EventBulkRequest {
+            body,
+            events: self.events,
+            profiles,
+            unique_ids: std::mem::take(&mut self.unique_ids),
+        };
+        self.by_identity.clear();
+        self.seen.clear();
+        self.events = 0;
+        self.size = self.envelope;
+        Some(request)
+    }
+}
+
+fn dedup_keys(identity: &ProfileIdentity, event: &Event) -> Vec<(u8, String, String, String)> {
+    [
+        (0u8, &identity.external_id),
+        (1, &identity.email),
+        (2, &identity.phone_number),
+    ]
+    .into_iter()
+    .filter_map(|(kind, v)| {
+        v.as_ref().map(|v| {
+            (
+                kind,
+                v.clone(),
+                event.metric_name.clone(),
+                event.unique_id.clone(),
+            )
+        })
+    })
+    .collect()
+}
+
+/// Split events into as few bulk requests as the limits allow. Events refused by
+/// [`EventBulkBuilder::push`] come back as errors; the rest are in the requests.
+pub fn split_events(
+    events: impl IntoIterator<Item = (ProfileIdentity, Event)>,
+) -> (Vec<EventBulkRequest>, Vec<Error>) {
+    let mut builder = EventBulkBuilder::new();
+    let mut requests = Vec::new();
+    let mut errors = Vec::new();
+    for (identity, event) in events {
+        match builder.push(&identity, event) {
+            Ok(Some(full)) => requests.push(full),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    requests.extend(builder.finish());
+    (requests, errors)
+}
+
+/// Packs profiles into `POST /api/profile-bulk-import-jobs` requests.
+#[derive(Debug)]
+pub struct ProfileBulkBuilder {
+    max_profiles: usize,
+    max_bytes: usize,
+    envelope: usize,
+    profiles: Vec<Value>,
+    size: usize,
+}
+
+impl Default for ProfileBulkBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProfileBulkBuilder {
+    /// With Klaviyo's limits: 10,000 profiles and 5 MB a request.
+    pub fn new() -> Self {
+        Self::with_limits(BULK_PROFILES_MAX, BULK_BODY_MAX_BYTES)
+    }
+
+    pub fn with_limits(max_profiles: usize, max_bytes: usize) -> Self {
+        let envelope = serialized_len(&profile_job(Vec::new()));
+        ProfileBulkBuilder {
+            max_profiles: max_profiles.max(1),
+            max_bytes,
+            envelope,
+            profiles: Vec::new(),
+            size: envelope,
+        }
+    }
+
+    /// Profiles in the open request.
+    pub fn pending_profiles(&self) -> usize {
+        self.profiles.len()
+    }
+
+    /// Add one profile. Returns the full request when this profile did not fit into it.
+    /// A profile over 100 KB, with a string over 100 KB or without an identifier is
+    /// refused with `Error::InvalidInput` and nothing is added.
+    pub fn push(&mut self, profile: &Profile) -> Result<Option<ProfileBulkRequest>> {
+        let size = validate_profile(profile)?;
+        if self.envelope + size > self.max_bytes {
+            return Err(Error::invalid(
+                "profile",
+                format!(
+                    "{} bytes as a bulk request alone, at most {} allowed",
+                    self.envelope + size,
+                    self.max_bytes
+                ),
+            ));
+        }
+        let grown = self.size + usize::from(!self.profiles.is_empty()) + size;
+        let full = if self.profiles.len() < self.max_profiles && grown <= self.max_bytes {
+            None
+        } else {
+            self.take()
+        };
+        self.size += usize::from(!self.profiles.is_empty()) + size;
+        self.profiles.push(profile_resource(profile));
+        Ok(full)
+    }
+
+    /// The last, partly filled request, if any profile is left in it.
+    pub fn finish(mut self) -> Option<ProfileBulkRequest> {
+        self.take()
+    }
+
+    fn take(&mut self) -> Option<ProfileBulkRequest> {
+        if self.profiles.is_empty() {
+            return None;
+        }
+        let profiles = std::mem::take(&mut self.profiles);
+        let count = profiles.len();
+        let body = Bytes::from(serde_json::to_vec(&profile_job(profiles)).unwrap_or_default());
+        debug_assert_eq!(body.len(), self.size, "size accounting must match the body");
+        self.size = self.envelope;
+        Some(ProfileBulkRequest {
+            body,
+            profiles: count,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use serde_json::Map;
+
+    fn identity(n: usize) -> ProfileIdentity {
+        ProfileIdentity {
+            external_id: Some(format!("member-{n}")),
+            ..Default::default()
+        }
+    }
+
+    fn event(id: &str, pad: usize) -> Event {
+        Event {
+            metric_name: "Wallet credited".into(),
+            properties: Map::from_iter([
+                ("points".to_string(), json!(50)),
+                ("note".to_string(), json!("x".repeat(pad))),
+            ]),
+            time: Utc.with_ymd_and_hms(2026, 7, 20, 10, 15, 0).unwrap(),
+            value: None,
+            value_currency: None,
+            unique_id: id.into(),
+            backfill: false,
+        }
+    }
+
+    fn all(
+        builder: &mut EventBulkBuilder,
+        items: Vec<(ProfileIdentity, Event)>,
+    ) -> Vec<EventBulkRequest> {
+        let mut out = Vec::new();
+        for (i, e) in items {
+            out.extend(builder.push(&i, e).unwrap());
+        }
+        out
+    }
+
+    fn finish_all(
+        mut builder: EventBulkBuilder,
+        items: Vec<(ProfileIdentity, Event)>,
+    ) -> Vec<EventBulkRequest> {
+        let mut out = all(&mut builder, items);
+        out.extend(builder.finish());
+        out
+    }
+
+    fn parse(body: &[u8]) -> Value {
+        serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn a_thousand_events_make_one_request_and_one_more_makes_two() {
+        let items = |n: usize| {
+            (0..n)
+                .map(|i| (identity(i % 37), event(&format!("e{i}"), 10)))
+                .collect::<Vec<_>>()
+        };
+        let one = finish_all(EventBulkBuilder::new(), items(1_000));
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].events, 1_000);
+        assert_eq!(one[0].profiles, 37);
+        let two = finish_all(EventBulkBuilder::new(), items(1_001));
+        assert_eq!(two.iter().map(|r| r.events).collect::<Vec<_>>(), [1_000, 1]);
+    }
+
+    #[test]
+    fn events_of_one_profile_share_one_entry_in_push_order() {
+        let items = vec![
+            (identity(1), event("a", 0)),
+            (identity(2), event("b", 0)),
+            (identity(1), event("c", 0)),
+        ];
+        let reqs = finish_all(EventBulkBuilder::new(), items);
+        let body = parse(&reqs[0].body);
+        let entries = body["data"]["attributes"]["events-bulk-create"]["data"]
+            .as_array()
+            .unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            entries[0]["attributes"]["profile"]["data"]["attributes"]["external_id"],
+            "member-1"
+        );
+        let ids: Vec<_> = entries[0]["attributes"]["events"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["attributes"]["unique_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(reqs[0].unique_ids, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn splits_exactly_at_the_byte_limit() {
+        // Find the size of two events for two profiles, then allow exactly that.
+        let items = || {
+            vec![
+                (identity(1), event("a", 100)),
+                (identity(2), event("b", 100)),
+                (identity(3), event("c", 100)),
+            ]
+        };
+        let unlimited = finish_all(
+            EventBulkBuilder::with_limits(1_000, usize::MAX),
+            items()[..2].to_vec(),
+        );
+        let two_size = unlimited[0].body.len();
+        let exact = finish_all(EventBulkBuilder::with_limits(1_000, two_size), items());
+        assert_eq!(exact.iter().map(|r| r.events).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(exact[0].body.len(), two_size, "fills to exactly the limit");
+        let one_less = finish_all(EventBulkBuilder::with_limits(1_000, two_size - 1), items());
+        assert_eq!(
+            one_less.iter().map(|r| r.events).collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+        for r in exact.iter().chain(&one_less) {
+            assert!(r.body.len() <= two_size);
+        }
+    }
+
+    #[test]
+    fn the_byte_limit_holds_when_a_profile_grows_an_existing_entry() {
+        let items = || {
+            vec![
+                (identity(1), event("a", 50)),
+                (identity(1), event("b", 50)),
+                (identity(1), event("c", 50)),
+            ]
+        };
+        let size_two = finish_all(
+            EventBulkBuilder::with_limits(1_000, usize::MAX),
+            items()[..2].to_vec(),
+        )[0]
+        .body
+        .len();
+        let reqs = finish_all(EventBulkBuilder::with_limits(1_000, size_two), items());
+        assert_eq!(reqs.iter().map(|r| r.events).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(reqs[0].body.len(), size_two);
+    }
+
+    #[test]
+    fn five_megabytes_split_with_every_body_within_the_limit() {
+        // 60 events of ~90 KB: about 5.4 MB, so two requests.
+        let items: Vec<_> = (0..60)
+            .map(|i| (identity(i), event(&format!("big{i}"), 90_000)))
+            .collect();
+        let reqs = finish_all(EventBulkBuilder::new(), items);
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs.iter().map(|r| r.events).sum::<usize>(), 60);
+        for r in &reqs {
+            assert!(r.body.len() <= BULK_BODY_MAX_BYTES);
+        }
+        // The first was full: the next event would not have fitted.
+        let event_len = reqs[0].body.len() / reqs[0].events;
+        assert!(reqs[0].body.len() + event_len > BULK_BODY_MAX_BYTES);
+    }
+
+    #[test]
+    fn a_repeated_event_is_dropped_and_counted() {
+        let mut b = EventBulkBuilder::new();
+        b.push(&identity(1), event("same", 0)).unwrap();
+        b.push(&identity(1), event("same", 0)).unwrap();
+        // Same email on a differently built identity is the same Klaviyo profile.
+        let with_email = |ext: &str| ProfileIdentity {
+            external_id: Some(ext.into()),
+            email: Some("a@example.com".into()),
+            ..Default::default()
+        };
+        b.push(&with_email("x"), event("mail", 0)).unwrap();
+        b.push(&with_email("y"), event("mail", 0)).unwrap();
+        // Another metric with the same id is another event.
+        let mut other = event("same", 0);
+        other.metric_name = "Wallet debited".into();
+        b.push(&identity(1), other).unwrap();
+        assert_eq!(b.duplicates_dropped(), 2);
+        let req = b.finish().unwrap();
+        assert_eq!(req.events, 3);
+    }
+
+    #[test]
+    fn a_repeat_in_a_later_request_is_kept() {
+        let mut b = EventBulkBuilder::with_limits(2, usize::MAX);
+        assert!(b.push(&identity(1), event("same", 0)).unwrap().is_none());
+        assert!(b.push(&identity(1), event("other", 0)).unwrap().is_none());
+        let first = b.push(&identity(2), event("third", 0)).unwrap().unwrap();
+        assert_eq!(first.unique_ids, ["same", "other"]);
+        // "same" is not in the open request any more, so it is sent again, not dropped.
+        assert!(b.push(&identity(1), event("same", 0)).unwrap().is_none());
+        assert_eq!(b.duplicates_dropped(), 0);
+        assert_eq!(b.finish().unwrap().unique_ids, ["third", "same"]);
+    }
+
+    #[test]
+    fn events_that_cannot_fit_are_refused_naming_field_and_id() {
+        let mut b = EventBulkBuilder::new();
+        let cases: Vec<(ProfileIdentity, Event, &str)> = vec![
+            (
+                identity(1),
+                event("long-string", STRING_MAX_BYTES + 1),
+                "properties/note",
+            ),
+            (
+                identity(1),
+                {
+                    let mut e = event("many", 0);
+                    for i in 0..EVENT_PROPERTIES_MAX {
+                        e.properties.insert(format!("p{i}"), json!(i));
+                    }
+                    e
+                },
+                "properties",
+            ),
+            (
+                identity(1),
+                {
+                    let mut e = event("metric", 0);
+                    e.metric_name = "m".repeat(METRIC_NAME_MAX_CHARS);
+                    e
+                },
+                "metric.name",
+            ),
+            (ProfileIdentity::default(), event("nobody", 0), "profile"),
+            (
+                ProfileIdentity {
+                    email: Some(" ".into()),
+                    ..Default::default()
+                },
+                event("blank", 0),
+                "profile",
+            ),
+        ];
+        for (id, e, field) in cases {
+            let uid = e.unique_id.clone();
+            match b.push(&id, e) {
+                Err(Error::InvalidInput { field: f, message }) => {
+                    assert_eq!(f, field);
+                    assert!(message.contains(&uid), "{message}");
+                }
+                other => panic!("{uid}: {other:?}"),
+            }
+        }
+        // 127 characters is fine.
+        let mut ok = event("metric-ok", 0);
+        ok.metric_name = "m".repeat(METRIC_NAME_MAX_CHARS - 1);
+        b.push(&identity(1), ok).unwrap();
+        assert_eq!(b.pending_events(), 1);
+        let mut small = EventBulkBuilder::with_limits(10, 200);
+        let e = small.push(&identity(1), event("too-big", 500)).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidInput { ref field, .. } if field == "event"),
+            "{e}"
+        );
+        assert!(small.finish().is_none());
+    }
+
+    #[test]
+    fn split_events_returns_requests_and_refusals() {
+        let mut items: Vec<_> = (0..1_500)
+            .map(|i| (identity(i), event(&format!("e{i}"), 0)))
+            .collect();
+        items.push((ProfileIdentity::default(), event("orphan", 0)));
+        let (reqs, errors) = split_events(items);
+        assert_eq!(
+            reqs.iter().map(|r| r.events).collect::<Vec<_>>(),
+            [1_000, 500]
+        );
+        assert_eq!(errors.len(), 1);
+    }
+
+    fn profile(n: usize, pad: usize) -> Profile {
+        Profile {
+            identity: identity(n),
+            first_name: Some("Sarah".into()),
+            properties: Map::from_iter([("trifft_note".to_string(), json!("y".repeat(pad)))]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn profiles_split_at_count_and_bytes() {
+        let mut b = ProfileBulkBuilder::new();
+        let mut reqs = Vec::new();
+        for i in 0..10_001 {
+            reqs.extend(b.push(&profile(i, 0)).unwrap());
+        }
+        reqs.extend(b.finish());
+        assert_eq!(
+            reqs.iter().map(|r| r.profiles).collect::<Vec<_>>(),
+            [10_000, 1]
+        );
+        let body = parse(&reqs[1].body);
+        assert_eq!(body["data"]["type"], "profile-bulk-import-job");
+        assert_eq!(
+            body["data"]["attributes"]["profiles"]["data"][0]["attributes"]["external_id"],
+            "member-10000"
+        );
+
+        let two = {
+            let mut b = ProfileBulkBuilder::with_limits(100, usize::MAX);
+            b.push(&profile(1, 100)).unwrap();
+            b.push(&profile(2, 100)).unwrap();
+            b.finish().unwrap().body.len()
+        };
+        let mut b = ProfileBulkBuilder::with_limits(100, two);
+        assert!(b.push(&profile(1, 100)).unwrap().is_none());
+        assert!(b.push(&profile(2, 100)).unwrap().is_none());
+        let full = b.push(&profile(3, 100)).unwrap().unwrap();
+        assert_eq!((full.profiles, full.body.len()), (2, two));
+    }
+
+    #[test]
+    fn profiles_that_cannot_fit_are_refused() {
+        let mut b = ProfileBulkBuilder::new();
+        assert!(matches!(
+            b.push(&Profile::default()),
+            Err(Error::InvalidInput { .. })
+        ));
+        let e = b.push(&profile(1, STRING_MAX_BYTES + 1)).unwrap_err();
+        assert!(
+            e.to_string().contains("attributes/properties/trifft_note"),
+            "{e}"
+        );
+        // Many strings, each under 100 KB, over 100 KB together.
+        let mut big = profile(2, 0);
+        for i in 0..3 {
+            big.properties
+                .insert(format!("k{i}"), json!("z".repeat(40_000)));
+        }
+        let e = b.push(&big).unwrap_err();
+        assert!(e.to_string().contains("member-2"), "{e}");
+        assert_eq!(b.pending_profiles(), 0);
+    }
 }
