@@ -20,7 +20,15 @@ impl Deadline {
     }
 
     /// From Lambda's `Context::deadline` (milliseconds since the Unix epoch).
+    ///
+    /// `cargo lambda watch` sends the function timeout as a relative number of milliseconds
+    /// instead (e.g. 600000). No real epoch deadline is below 10^12 ms (2001), so such a
+    /// value is taken as the time left, and tests under the emulator see the same budget.
     pub fn from_epoch_millis(deadline_ms: u64) -> Self {
+        const EPOCH_2001_MS: u64 = 1_000_000_000_000;
+        if deadline_ms < EPOCH_2001_MS {
+            return Deadline::after(Duration::from_millis(deadline_ms));
+        }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -61,6 +69,12 @@ mod tests {
 
     #[test]
     fn epoch_deadline_in_the_past_has_nothing_left() {
-        assert_eq!(Deadline::from_epoch_millis(1).remaining(), Duration::ZERO);
+        assert_eq!(Deadline::from_epoch_millis(1_600_000_000_000).remaining(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_relative_deadline_from_the_local_emulator_is_time_left() {
+        let d = Deadline::from_epoch_millis(600_000);
+        assert!(d.remaining() > Duration::from_secs(599) && d.remaining() <= Duration::from_secs(600));
     }
 }
