@@ -29,6 +29,16 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| ".".into())
 }
 
+/// A value as the env file's parser (dotenv) reads it back unchanged: single quotes keep
+/// everything literal; a value holding a single quote is double-quoted with escapes.
+fn env_file_value(value: &str) -> String {
+    if !value.contains('\'') && !value.contains('\n') {
+        return format!("'{value}'");
+    }
+    let escaped = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    format!("\"{escaped}\"")
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -60,9 +70,12 @@ impl LambdaWatch {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone the log handle"))
             .stderr(log_file);
-        for (name, value) in env {
-            command.arg("--env-var").arg(format!("{name}={value}"));
-        }
+        // An env file, not `--env-var`: cargo-lambda splits `--env-var` values at commas,
+        // which breaks JSON values such as SANDBOX_SECRETS_JSON.
+        let env_file = log.with_extension("env");
+        let lines: String = env.iter().map(|(name, value)| format!("{name}={}\n", env_file_value(value))).collect();
+        std::fs::write(&env_file, lines).expect("write the watch env file");
+        command.arg("--env-file").arg(&env_file);
         let child = command.spawn().unwrap_or_else(|e| {
             panic!("cannot start cargo-lambda ({e}): run the tests with scripts/test, which puts .venv/bin on PATH")
         });
