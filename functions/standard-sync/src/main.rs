@@ -1,1 +1,32 @@
-fn main() {}
+//! Wiring only: settings from the environment (failing fast with the variable's name),
+//! clients built once, then the Lambda runtime loop.
+
+use std::sync::Arc;
+
+use lambda_runtime::{service_fn, tracing};
+use loyalty_bridge::config::ProcessEnv;
+use loyalty_bridge::klaviyo::{KlaviyoClient, KlaviyoSettings};
+use loyalty_bridge::trifft::{TrifftClient, TrifftSettings};
+use loyalty_bridge::{secrets, state};
+use standard_sync::{Deps, SyncSettings, handler};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    tracing::init_default_subscriber();
+    let vars = ProcessEnv;
+    let secrets = secrets::from_env(&vars).await?;
+    let deps = Deps {
+        trifft: Arc::new(TrifftClient::new(
+            TrifftSettings::from_env(&vars)?,
+            secrets.clone(),
+        )?),
+        klaviyo: Arc::new(KlaviyoClient::new(
+            KlaviyoSettings::from_env(&vars)?,
+            secrets,
+        )?),
+        state: state::from_env(&vars).await?,
+        settings: SyncSettings::from_env(&vars)?,
+    };
+    let deps = &deps;
+    lambda_runtime::run(service_fn(move |event| handler(deps, event))).await
+}
