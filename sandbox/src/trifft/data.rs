@@ -258,10 +258,17 @@ impl Catalog {
         ];
         let coupons = offers
             .iter()
-            .map(|&(name, description, kind, points)| {
+            .enumerate()
+            .map(|(index, &(name, description, kind, points))| {
                 let created_at = (anchor - ChronoDuration::days(400 + rng.i64(0..300))).timestamp();
+                // The first coupon has the id the samples in events/ assign; the rng is
+                // drawn all the same so the rest of the data set does not move.
+                let generated_id = ids::uuid(rng);
                 Coupon {
-                    id: ids::uuid(rng),
+                    id: match index {
+                        0 => SAMPLE_COUPON_ID.to_string(),
+                        _ => generated_id,
+                    },
                     name: name.into(),
                     description,
                     kind,
@@ -586,6 +593,15 @@ pub(crate) struct DataSet {
     pub events: Vec<EventRecord>,
 }
 
+/// Members the samples in events/ name (`trifft_id`), so `sandbox demo` and `cargo lambda
+/// invoke` against `sandbox serve` act on real members: the first members of every data set.
+pub const SAMPLE_MEMBER_IDS: [&str; 2] = [
+    "bf428af0-1c2d-4e5f-91b5-bda6e211aa00",
+    "0c7d5e2a-9b41-4f3e-8a6d-2f1e0b9c4d77",
+];
+/// The coupon the samples assign: the first coupon of every data set.
+pub const SAMPLE_COUPON_ID: &str = "fa89ef32-5d1c-4b7a-9e2f-3c4d5e6f7a8b";
+
 /// Generate `members` members and `events` events, all before `anchor` and after
 /// `anchor - 90 days`, sorted by time; members' feed positions follow their updated_at.
 pub(crate) fn generate(seed: u64, members: usize, events: usize, anchor: DateTime<Utc>) -> DataSet {
@@ -629,7 +645,8 @@ pub(crate) fn generate(seed: u64, members: usize, events: usize, anchor: DateTim
             let birth_date =
                 NaiveDate::from_ymd_opt(1950 + rng.i32(0..55), rng.u32(1..=12), rng.u32(1..=28))
                     .unwrap_or(NaiveDate::MIN);
-            let id = ids::uuid(&mut rng);
+            let generated_id = ids::uuid(&mut rng);
+            let id = SAMPLE_MEMBER_IDS.get(i).map_or(generated_id, |id| id.to_string());
             let updated_at = anchor - ChronoDuration::seconds(rng.i64(1..=window));
             let mut member = MemberRecord {
                 id,
