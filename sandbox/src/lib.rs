@@ -12,6 +12,7 @@
 //! ```
 
 mod config;
+pub mod demo;
 mod faults;
 mod ids;
 mod klaviyo;

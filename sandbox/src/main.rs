@@ -1,13 +1,19 @@
 //! `sandbox serve [--seed N] [--members N] [--events N] [--klaviyo-port P] [--trifft-port P]
 //! [--record-dir D] [--rates real|unlimited]`: both emulators on loopback until Ctrl-C.
+//! `sandbox demo [--seed N] [--members N] [--events N] [--events-dir D]`: the three
+//! functions end to end against them (see `sandbox::demo`); exit code 0 only when every
+//! check passes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use sandbox::demo::{self, DemoOptions};
 use sandbox::{KlaviyoRates, Sandbox, SandboxConfig};
 
-const USAGE: &str = "usage: sandbox serve [--seed N] [--members N] [--events N] [--klaviyo-port P] \
-[--trifft-port P] [--record-dir DIR] [--rates real|unlimited]";
+const USAGE: &str =
+    "usage: sandbox serve [--seed N] [--members N] [--events N] [--klaviyo-port P] \
+[--trifft-port P] [--record-dir DIR] [--rates real|unlimited]
+       sandbox demo [--seed N] [--members N] [--events N] [--events-dir DIR]";
 
 fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
     let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -47,13 +53,48 @@ fn parse_serve(args: impl Iterator<Item = String>) -> Result<SandboxConfig, Stri
     Ok(config)
 }
 
+fn parse_demo(args: impl Iterator<Item = String>) -> Result<DemoOptions, String> {
+    let mut options = DemoOptions::default();
+    let mut args = args;
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "--seed" => options.seed = number(&flag, args.next())?,
+            "--members" => options.members = number(&flag, args.next())?,
+            "--events" => options.events = number(&flag, args.next())?,
+            "--events-dir" => {
+                options.events_dir =
+                    PathBuf::from(args.next().ok_or("--events-dir needs a directory")?);
+            }
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    Ok(options)
+}
+
+async fn run_demo(options: DemoOptions) -> ExitCode {
+    println!(
+        "sandbox demo: running every sample in {} (standard-sync prints its CloudWatch EMF \
+         metric lines as it does in Lambda; the report follows)\n",
+        options.events_dir.display()
+    );
+    match demo::run(options).await {
+        Ok(report) => {
+            print!("{}", report.render());
+            if report.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("sandbox demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn print_environment(sandbox: &Sandbox, config: &SandboxConfig) {
-    let secrets = serde_json::json!({
-        "klaviyo_private_key": config.klaviyo_api_key,
-        "trifft_api_token": config.trifft_token,
-        "klaviyo_webhook_secret": "sandbox-hook-secret",
-        "custom_events_secret": "sandbox-custom-secret",
-    });
+    let secrets = demo::sandbox_secrets_json(config);
     println!(
         "Klaviyo emulator: {}  (private key {})",
         sandbox.klaviyo_url(),
@@ -75,6 +116,14 @@ fn print_environment(sandbox: &Sandbox, config: &SandboxConfig) {
     println!("export KLAVIYO_BASE_URL={}", sandbox.klaviyo_url());
     println!("export TRIFFT_BASE_URL={}", sandbox.trifft_url());
     println!("export SANDBOX_SECRETS_JSON='{secrets}'");
+    println!("\nThen, with `cargo lambda watch` running in that shell, one sample per function:\n");
+    for (function, sample) in [
+        (demo::KLAVIYO_WEBHOOK, "credit_points.json"),
+        (demo::STANDARD_SYNC, "scheduler-incremental.json"),
+        (demo::CUSTOM_EVENTS, "challenge-completed.json"),
+    ] {
+        println!("cargo lambda invoke {function} --data-file events/{function}/{sample}");
+    }
     println!("\nServing until Ctrl-C.");
 }
 
@@ -105,6 +154,13 @@ async fn main() -> ExitCode {
             Ok(config) => serve(config).await,
             Err(message) => {
                 eprintln!("sandbox serve: {message}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        },
+        Some("demo") => match parse_demo(args) {
+            Ok(options) => run_demo(options).await,
+            Err(message) => {
+                eprintln!("sandbox demo: {message}\n{USAGE}");
                 ExitCode::from(2)
             }
         },
