@@ -599,6 +599,10 @@ pub const SAMPLE_MEMBER_IDS: [&str; 2] = [
     "bf428af0-1c2d-4e5f-91b5-bda6e211aa00",
     "0c7d5e2a-9b41-4f3e-8a6d-2f1e0b9c4d77",
 ];
+/// Indexes of general segments in the catalog (the order of its slug list).
+const SEGMENT_VIP: u16 = 0;
+const SEGMENT_NEWSLETTER: u16 = 1;
+const SEGMENT_LAPSED: u16 = 5;
 /// The coupon the samples assign: the first coupon of every data set.
 pub const SAMPLE_COUPON_ID: &str = "fa89ef32-5d1c-4b7a-9e2f-3c4d5e6f7a8b";
 
@@ -626,6 +630,12 @@ pub(crate) fn generate(seed: u64, members: usize, events: usize, anchor: DateTim
                 .collect();
             let fav_venue = (rng.u8(0..10) != 0).then(|| rng.u16(..catalog.venues.len() as u16));
             let mut segments: Vec<u16> = (0..6u16).filter(|_| rng.u8(0..4) == 0).collect();
+            // The sample members start as the samples expect: lapsed, not yet VIP (the samples
+            // add them to `vip` and remove them from `lapsed`).
+            if i < SAMPLE_MEMBER_IDS.len() {
+                segments.retain(|&s| s != SEGMENT_VIP && s != SEGMENT_NEWSLETTER && s != SEGMENT_LAPSED);
+                segments.push(SEGMENT_LAPSED);
+            }
             if let Some(v) = fav_venue {
                 segments.push(6 + v);
             }
