@@ -155,7 +155,11 @@ impl CapturedLogs {
             .with_current_span(true)
             .with_writer(move || sink.clone())
             .finish();
-        tracing::subscriber::set_default(subscriber)
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Another test thread may have hit the handler's span callsite while no subscriber
+        // existed and cached "never" for it; ask every callsite again now that ours exists.
+        tracing::callsite::rebuild_interest_cache();
+        guard
     }
 }
 
