@@ -421,7 +421,13 @@ pub struct ProfileBulkBuilder {
     max_profiles: usize,
     max_bytes: usize,
     envelope: usize,
-    profiles: Vec<Value>,
+    /// The job's JSON up to and including the `[` of its profile list, and from its `]`.
+    prefix: Vec<u8>,
+    suffix: Vec<u8>,
+    /// The open request's profiles, serialised and comma-separated. Kept as bytes, not as
+    /// JSON trees: a 5 MB request of trees takes several times that in memory.
+    profiles: Vec<u8>,
+    count: usize,
     size: usize,
 }
 
@@ -438,19 +444,24 @@ impl ProfileBulkBuilder {
     }
 
     pub fn with_limits(max_profiles: usize, max_bytes: usize) -> Self {
-        let envelope = serialized_len(&profile_job(Vec::new()));
+        let empty = serde_json::to_vec(&profile_job(Vec::new())).unwrap_or_default();
+        // The empty job holds exactly one `[]`: the profile list the entries go into.
+        let split = empty.windows(2).position(|w| w == b"[]").map_or(empty.len(), |i| i + 1);
         ProfileBulkBuilder {
             max_profiles: max_profiles.max(1),
             max_bytes,
-            envelope,
+            envelope: empty.len(),
+            prefix: empty[..split].to_vec(),
+            suffix: empty[split..].to_vec(),
             profiles: Vec::new(),
-            size: envelope,
+            count: 0,
+            size: empty.len(),
         }
     }
 
     /// Profiles in the open request.
     pub fn pending_profiles(&self) -> usize {
-        self.profiles.len()
+        self.count
     }
 
     /// Add one profile. Returns the full request when this profile did not fit into it.
@@ -468,14 +479,21 @@ impl ProfileBulkBuilder {
                 ),
             ));
         }
-        let grown = self.size + usize::from(!self.profiles.is_empty()) + size;
-        let full = if self.profiles.len() < self.max_profiles && grown <= self.max_bytes {
+        let grown = self.size + usize::from(self.count > 0) + size;
+        let full = if self.count < self.max_profiles && grown <= self.max_bytes {
             None
         } else {
             self.take()
         };
-        self.size += usize::from(!self.profiles.is_empty()) + size;
-        self.profiles.push(profile_resource(profile));
+        let bytes = serde_json::to_vec(&profile_resource(profile))
+            .map_err(|e| Error::invalid("profile", e.to_string()))?;
+        if self.count > 0 {
+            self.profiles.push(b',');
+            self.size += 1;
+        }
+        self.size += bytes.len();
+        self.profiles.extend_from_slice(&bytes);
+        self.count += 1;
         Ok(full)
     }
 
@@ -485,13 +503,16 @@ impl ProfileBulkBuilder {
     }
 
     fn take(&mut self) -> Option<ProfileBulkRequest> {
-        if self.profiles.is_empty() {
+        if self.count == 0 {
             return None;
         }
-        let profiles = std::mem::take(&mut self.profiles);
-        let count = profiles.len();
-        let body = Bytes::from(serde_json::to_vec(&profile_job(profiles)).unwrap_or_default());
+        let mut body = Vec::with_capacity(self.size);
+        body.extend_from_slice(&self.prefix);
+        body.append(&mut self.profiles);
+        body.extend_from_slice(&self.suffix);
+        let count = std::mem::take(&mut self.count);
         debug_assert_eq!(body.len(), self.size, "size accounting must match the body");
+        let body = Bytes::from(body);
         self.size = self.envelope;
         Some(ProfileBulkRequest {
             body,
@@ -526,6 +547,26 @@ mod tests {
             unique_id: id.into(),
             backfill: false,
         }
+    }
+
+    #[test]
+    fn profile_body_spliced_from_bytes_is_the_job_serde_would_write() {
+        let profiles: Vec<Profile> = (0..3)
+            .map(|n| Profile {
+                identity: identity(n),
+                first_name: Some(format!("Name {n}")),
+                properties: Map::from_iter([("trifft_points".to_string(), json!(n * 10))]),
+                ..Default::default()
+            })
+            .collect();
+        let mut builder = ProfileBulkBuilder::new();
+        for p in &profiles {
+            assert!(builder.push(p).unwrap().is_none());
+        }
+        let request = builder.finish().unwrap();
+        let expected = profile_job(profiles.iter().map(profile_resource).collect());
+        assert_eq!(request.body, serde_json::to_vec(&expected).unwrap());
+        assert_eq!(request.profiles, 3);
     }
 
     fn all(
