@@ -2,3 +2,4 @@
 
 pub mod lambda_watch;
 pub mod moto;
+pub mod reliability;
