@@ -65,6 +65,9 @@ pub fn checkpoint_name(base: &str, mode: Mode) -> String {
     }
 }
 
+/// Time kept for closing a run after its last request, on top of the safety margin.
+const CLOSE_RESERVE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Run one sync until both feeds end or the deadline (less the safety margin) is near.
 /// The summary is logged and printed as EMF in every case; an error is returned only
 /// when something other than the deadline stopped the run (the checkpoint then holds
@@ -75,7 +78,9 @@ pub async fn run_sync(deps: &Deps, trigger: Trigger, deadline: Deadline) -> Resu
     let mut run = Run::new(
         deps,
         &trigger,
-        deadline.less(deps.settings.effective_margin()),
+        // Requests may run right up to `stop_at`; closing the run (summary, metrics) comes
+        // after it, so a little more is held back to keep the whole margin free.
+        deadline.less(deps.settings.effective_margin() + CLOSE_RESERVE),
     );
     let outcome = run.execute().await;
 
