@@ -33,7 +33,9 @@ impl Vars for HashMap<String, String> {
 
 impl Vars for [(&str, &str)] {
     fn var(&self, name: &str) -> Option<String> {
-        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
     }
 }
 
@@ -45,7 +47,9 @@ impl<const N: usize> Vars for [(&str, &str); N] {
 
 /// A set, non-blank variable (surrounding whitespace trimmed).
 pub fn optional(vars: &(impl Vars + ?Sized), name: &str) -> Option<String> {
-    vars.var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    vars.var(name)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// A variable that must be set and not blank.
@@ -91,7 +95,12 @@ pub fn flag_or(vars: &(impl Vars + ?Sized), name: &str, default: bool) -> Result
 /// A comma-separated list (blank items dropped); empty when unset.
 pub fn list(vars: &(impl Vars + ?Sized), name: &str) -> Vec<String> {
     optional(vars, name)
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -99,7 +108,10 @@ pub fn list(vars: &(impl Vars + ?Sized), name: &str) -> Vec<String> {
 pub fn base_url_or(vars: &(impl Vars + ?Sized), name: &str, default: &str) -> Result<String> {
     let url = optional(vars, name).unwrap_or_else(|| default.to_string());
     if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(Error::config(name, format!("{url:?} is not an http(s) URL")));
+        return Err(Error::config(
+            name,
+            format!("{url:?} is not an http(s) URL"),
+        ));
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -110,20 +122,37 @@ mod tests {
 
     #[test]
     fn names_the_variable_that_is_wrong() {
-        let vars = [("POINTS_CAP", "lots"), ("BLANK", "  "), ("SYNC_MARGIN_SECONDS", "-3")];
+        let vars = [
+            ("POINTS_CAP", "lots"),
+            ("BLANK", "  "),
+            ("SYNC_MARGIN_SECONDS", "-3"),
+        ];
         let e = parsed_or(&vars, "POINTS_CAP", 10u64).unwrap_err();
         assert!(e.to_string().contains("POINTS_CAP"), "{e}");
-        assert!(required(&vars, "BLANK").unwrap_err().to_string().contains("BLANK: is not set"));
+        assert!(
+            required(&vars, "BLANK")
+                .unwrap_err()
+                .to_string()
+                .contains("BLANK: is not set")
+        );
         assert!(seconds_or(&vars, "SYNC_MARGIN_SECONDS", Duration::ZERO).is_err());
         assert_eq!(parsed_or(&vars, "UNSET", 7u64).unwrap(), 7);
     }
 
     #[test]
     fn lists_flags_and_urls() {
-        let vars = [("L", " a, ,b "), ("F", "Yes"), ("U", "http://127.0.0.1:9/v1/"), ("BAD", "ftp://x")];
+        let vars = [
+            ("L", " a, ,b "),
+            ("F", "Yes"),
+            ("U", "http://127.0.0.1:9/v1/"),
+            ("BAD", "ftp://x"),
+        ];
         assert_eq!(list(&vars, "L"), ["a", "b"]);
         assert!(flag_or(&vars, "F", false).unwrap());
-        assert_eq!(base_url_or(&vars, "U", "https://x").unwrap(), "http://127.0.0.1:9/v1");
+        assert_eq!(
+            base_url_or(&vars, "U", "https://x").unwrap(),
+            "http://127.0.0.1:9/v1"
+        );
         assert!(base_url_or(&vars, "BAD", "https://x").is_err());
     }
 }

@@ -64,17 +64,25 @@ mod tests {
         let d = Deadline::after(Duration::from_secs(10));
         assert!(d.allows(Duration::from_secs(9)));
         assert!(!d.allows(Duration::from_secs(11)));
-        assert!(!d.less(Duration::from_secs(9)).allows(Duration::from_secs(2)));
+        assert!(
+            !d.less(Duration::from_secs(9))
+                .allows(Duration::from_secs(2))
+        );
     }
 
     #[test]
     fn epoch_deadline_in_the_past_has_nothing_left() {
-        assert_eq!(Deadline::from_epoch_millis(1_600_000_000_000).remaining(), Duration::ZERO);
+        assert_eq!(
+            Deadline::from_epoch_millis(1_600_000_000_000).remaining(),
+            Duration::ZERO
+        );
     }
 
     #[test]
     fn a_relative_deadline_from_the_local_emulator_is_time_left() {
         let d = Deadline::from_epoch_millis(600_000);
-        assert!(d.remaining() > Duration::from_secs(599) && d.remaining() <= Duration::from_secs(600));
+        assert!(
+            d.remaining() > Duration::from_secs(599) && d.remaining() <= Duration::from_secs(600)
+        );
     }
 }

@@ -76,15 +76,26 @@ pub enum Error {
 
     /// Throttled (429) and the deadline does not allow waiting it out.
     #[error("{service} is rate limiting; retry after {retry_after:?}")]
-    RateLimited { service: Service, retry_after: Duration },
+    RateLimited {
+        service: Service,
+        retry_after: Duration,
+    },
 
     /// The upstream failed (5xx) or kept failing after the retries we may spend.
     #[error("{service} failed with HTTP {status}: {detail}")]
-    Upstream { service: Service, status: u16, detail: String },
+    Upstream {
+        service: Service,
+        status: u16,
+        detail: String,
+    },
 
     /// The upstream refused the request as invalid (4xx other than 401/403/429).
     #[error("{service} rejected the request with HTTP {status}: {}", summary(.errors))]
-    Rejected { service: Service, status: u16, errors: Vec<ApiErrorDetail> },
+    Rejected {
+        service: Service,
+        status: u16,
+        errors: Vec<ApiErrorDetail>,
+    },
 
     /// Connection refused or reset, or a timeout, after the retries we may spend.
     #[error("{service} could not be reached: {detail}")]
@@ -161,11 +172,17 @@ impl Error {
     }
 
     pub fn config(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Config { name: name.into(), reason: reason.into() }
+        Error::Config {
+            name: name.into(),
+            reason: reason.into(),
+        }
     }
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidInput { field: field.into(), message: message.into() }
+        Error::InvalidInput {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -185,12 +202,23 @@ mod tests {
 
     #[test]
     fn classes_follow_what_a_retry_can_change() {
-        let throttled = Error::RateLimited { service: Service::Trifft, retry_after: Duration::from_secs(60) };
+        let throttled = Error::RateLimited {
+            service: Service::Trifft,
+            retry_after: Duration::from_secs(60),
+        };
         assert_eq!(throttled.class(), ErrorClass::RateLimited);
         assert_eq!(throttled.retry_after(), Some(Duration::from_secs(60)));
-        let failed = Error::Upstream { service: Service::Klaviyo, status: 503, detail: "x".into() };
+        let failed = Error::Upstream {
+            service: Service::Klaviyo,
+            status: 503,
+            detail: "x".into(),
+        };
         assert!(failed.is_retryable());
-        let rejected = Error::Rejected { service: Service::Klaviyo, status: 400, errors: vec![] };
+        let rejected = Error::Rejected {
+            service: Service::Klaviyo,
+            status: 400,
+            errors: vec![],
+        };
         assert!(!rejected.is_retryable());
         assert!(!Error::invalid("points", "must be positive").is_retryable());
     }

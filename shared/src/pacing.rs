@@ -46,7 +46,12 @@ impl RateLimiter {
                 sent: VecDeque::with_capacity(limit as usize),
             })
             .collect();
-        RateLimiter { inner: Mutex::new(Inner { windows, paused_until: None }) }
+        RateLimiter {
+            inner: Mutex::new(Inner {
+                windows,
+                paused_until: None,
+            }),
+        }
     }
 
     /// A limiter that never waits (except for a lockout set by [`RateLimiter::pause_until`]).
@@ -92,7 +97,11 @@ impl Inner {
             earliest = earliest.max(p);
         }
         for w in &mut self.windows {
-            while w.sent.front().is_some_and(|t| now.duration_since(*t) >= w.period) {
+            while w
+                .sent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= w.period)
+            {
                 w.sent.pop_front();
             }
             if w.sent.len() >= w.limit {
@@ -111,7 +120,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn never_more_than_the_limit_in_any_window() {
-        let limiter = RateLimiter::new(&[(10, Duration::from_secs(1)), (30, Duration::from_secs(60))]);
+        let limiter =
+            RateLimiter::new(&[(10, Duration::from_secs(1)), (30, Duration::from_secs(60))]);
         let deadline = Deadline::after(Duration::from_secs(600));
         let mut sent = Vec::new();
         for _ in 0..45 {
@@ -119,14 +129,23 @@ mod tests {
             sent.push(Instant::now());
         }
         for (i, t) in sent.iter().enumerate() {
-            let in_second = sent[i..].iter().filter(|u| u.duration_since(*t) < Duration::from_secs(1)).count();
-            let in_minute = sent[i..].iter().filter(|u| u.duration_since(*t) < Duration::from_secs(60)).count();
+            let in_second = sent[i..]
+                .iter()
+                .filter(|u| u.duration_since(*t) < Duration::from_secs(1))
+                .count();
+            let in_minute = sent[i..]
+                .iter()
+                .filter(|u| u.duration_since(*t) < Duration::from_secs(60))
+                .count();
             assert!(in_second <= 10, "{in_second} in one second");
             assert!(in_minute <= 30, "{in_minute} in one minute");
         }
         // 45 requests at 30/min need a bit more than one minute, not much more.
         let span = sent[44].duration_since(sent[0]);
-        assert!(span >= Duration::from_secs(60) && span < Duration::from_secs(62), "{span:?}");
+        assert!(
+            span >= Duration::from_secs(60) && span < Duration::from_secs(62),
+            "{span:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -143,7 +162,10 @@ mod tests {
         let limiter = RateLimiter::unlimited();
         let start = Instant::now();
         limiter.pause_until(start + Duration::from_secs(60)).await;
-        limiter.acquire(Deadline::after(Duration::from_secs(120))).await.unwrap();
+        limiter
+            .acquire(Deadline::after(Duration::from_secs(120)))
+            .await
+            .unwrap();
         assert!(start.elapsed() >= Duration::from_secs(60));
     }
 }

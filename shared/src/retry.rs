@@ -34,7 +34,12 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The wait before retry number `retry` (0 = the first retry): the jittered backoff,
     /// or the server's Retry-After when that is longer.
-    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, rng: &mut fastrand::Rng) -> Duration {
+    pub fn delay(
+        &self,
+        retry: u32,
+        retry_after: Option<Duration>,
+        rng: &mut fastrand::Rng,
+    ) -> Duration {
         let exp = self.base_delay.as_secs_f64() * self.factor.powi(retry.min(64) as i32);
         let capped = exp.min(self.max_delay.as_secs_f64());
         let spread = capped * self.jitter;
@@ -48,7 +53,13 @@ impl RetryPolicy {
 
     /// Whether another attempt may start after `attempts_made`, waiting `wait` first,
     /// and still leave `reserve` (e.g. a request timeout) before the deadline.
-    pub fn may_retry(&self, attempts_made: u32, wait: Duration, reserve: Duration, deadline: Deadline) -> bool {
+    pub fn may_retry(
+        &self,
+        attempts_made: u32,
+        wait: Duration,
+        reserve: Duration,
+        deadline: Deadline,
+    ) -> bool {
         attempts_made < self.max_attempts && deadline.allows(wait + reserve)
     }
 }
@@ -79,7 +90,10 @@ mod tests {
             let nominal = 0.5 * 1.5f64.powi(retry as i32);
             for _ in 0..100 {
                 let d = p.delay(retry, None, &mut rng).as_secs_f64();
-                assert!(d >= nominal * 0.5 - 1e-9 && d <= nominal * 1.5 + 1e-9, "{d} vs {nominal}");
+                assert!(
+                    d >= nominal * 0.5 - 1e-9 && d <= nominal * 1.5 + 1e-9,
+                    "{d} vs {nominal}"
+                );
             }
         }
         assert!(p.delay(40, None, &mut rng) <= Duration::from_secs(90));
@@ -91,7 +105,10 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(1);
         for _ in 0..100 {
             let d = p.delay(0, Some(Duration::from_secs(3)), &mut rng);
-            assert!(d >= Duration::from_secs(3) && d <= Duration::from_secs(4), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(3) && d <= Duration::from_secs(4),
+                "{d:?}"
+            );
         }
     }
 
@@ -99,14 +116,20 @@ mod tests {
     fn parses_seconds_and_dates() {
         assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after(" 60 "), Some(Duration::from_secs(60)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-1"), None);
     }
 
     #[test]
     fn attempts_and_deadline_bound_retries() {
-        let p = RetryPolicy { max_attempts: 3, ..Default::default() };
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..Default::default()
+        };
         let far = Deadline::after(Duration::from_secs(100));
         assert!(p.may_retry(2, Duration::from_secs(1), Duration::from_secs(1), far));
         assert!(!p.may_retry(3, Duration::from_secs(1), Duration::from_secs(1), far));

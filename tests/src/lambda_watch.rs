@@ -35,7 +35,10 @@ fn env_file_value(value: &str) -> String {
     if !value.contains('\'') && !value.contains('\n') {
         return format!("'{value}'");
     }
-    let escaped = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let escaped = value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
     format!("\"{escaped}\"")
 }
 
@@ -73,7 +76,10 @@ impl LambdaWatch {
         // An env file, not `--env-var`: cargo-lambda splits `--env-var` values at commas,
         // which breaks JSON values such as SANDBOX_SECRETS_JSON.
         let env_file = log.with_extension("env");
-        let lines: String = env.iter().map(|(name, value)| format!("{name}={}\n", env_file_value(value))).collect();
+        let lines: String = env
+            .iter()
+            .map(|(name, value)| format!("{name}={}\n", env_file_value(value)))
+            .collect();
         std::fs::write(&env_file, lines).expect("write the watch env file");
         command.arg("--env-file").arg(&env_file);
         let child = command.spawn().unwrap_or_else(|e| {

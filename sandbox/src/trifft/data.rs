@@ -633,7 +633,9 @@ pub(crate) fn generate(seed: u64, members: usize, events: usize, anchor: DateTim
             // The sample members start as the samples expect: lapsed, not yet VIP (the samples
             // add them to `vip` and remove them from `lapsed`).
             if i < SAMPLE_MEMBER_IDS.len() {
-                segments.retain(|&s| s != SEGMENT_VIP && s != SEGMENT_NEWSLETTER && s != SEGMENT_LAPSED);
+                segments.retain(|&s| {
+                    s != SEGMENT_VIP && s != SEGMENT_NEWSLETTER && s != SEGMENT_LAPSED
+                });
                 segments.push(SEGMENT_LAPSED);
             }
             if let Some(v) = fav_venue {
@@ -656,7 +658,9 @@ pub(crate) fn generate(seed: u64, members: usize, events: usize, anchor: DateTim
                 NaiveDate::from_ymd_opt(1950 + rng.i32(0..55), rng.u32(1..=12), rng.u32(1..=28))
                     .unwrap_or(NaiveDate::MIN);
             let generated_id = ids::uuid(&mut rng);
-            let id = SAMPLE_MEMBER_IDS.get(i).map_or(generated_id, |id| id.to_string());
+            let id = SAMPLE_MEMBER_IDS
+                .get(i)
+                .map_or(generated_id, |id| id.to_string());
             let updated_at = anchor - ChronoDuration::seconds(rng.i64(1..=window));
             let mut member = MemberRecord {
                 id,

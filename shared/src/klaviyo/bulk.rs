@@ -446,7 +446,10 @@ impl ProfileBulkBuilder {
     pub fn with_limits(max_profiles: usize, max_bytes: usize) -> Self {
         let empty = serde_json::to_vec(&profile_job(Vec::new())).unwrap_or_default();
         // The empty job holds exactly one `[]`: the profile list the entries go into.
-        let split = empty.windows(2).position(|w| w == b"[]").map_or(empty.len(), |i| i + 1);
+        let split = empty
+            .windows(2)
+            .position(|w| w == b"[]")
+            .map_or(empty.len(), |i| i + 1);
         ProfileBulkBuilder {
             max_profiles: max_profiles.max(1),
             max_bytes,

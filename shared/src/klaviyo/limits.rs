@@ -33,7 +33,10 @@ impl RateTier {
 
     /// The windows the tier is counted in, for a [`crate::pacing::RateLimiter`].
     pub fn windows(self) -> [(u32, Duration); 2] {
-        [(self.burst, Duration::from_secs(1)), (self.steady, Duration::from_secs(60))]
+        [
+            (self.burst, Duration::from_secs(1)),
+            (self.steady, Duration::from_secs(60)),
+        ]
     }
 }
 

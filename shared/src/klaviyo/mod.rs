@@ -31,22 +31,39 @@ pub struct ClientStats {
 #[async_trait]
 pub trait KlaviyoApi: Send + Sync {
     /// `POST /api/events`: one event for one profile (202).
-    async fn create_event(&self, identity: &ProfileIdentity, event: &Event, deadline: Deadline) -> Result<()>;
+    async fn create_event(
+        &self,
+        identity: &ProfileIdentity,
+        event: &Event,
+        deadline: Deadline,
+    ) -> Result<()>;
 
     /// `POST /api/event-bulk-create-jobs`: a request built by [`bulk::EventBulkBuilder`] (202).
-    async fn bulk_create_events(&self, request: &EventBulkRequest, deadline: Deadline) -> Result<()>;
+    async fn bulk_create_events(
+        &self,
+        request: &EventBulkRequest,
+        deadline: Deadline,
+    ) -> Result<()>;
 
     /// `POST /api/profile-import`: upsert one profile; returns the Klaviyo profile id.
     async fn import_profile(&self, profile: &Profile, deadline: Deadline) -> Result<String>;
 
     /// `POST /api/profile-bulk-import-jobs`: a request built by [`bulk::ProfileBulkBuilder`].
-    async fn bulk_import_profiles(&self, request: &ProfileBulkRequest, deadline: Deadline) -> Result<BulkImportJob>;
+    async fn bulk_import_profiles(
+        &self,
+        request: &ProfileBulkRequest,
+        deadline: Deadline,
+    ) -> Result<BulkImportJob>;
 
     /// `GET /api/profile-bulk-import-jobs/{id}`: the job's status and counts.
     async fn bulk_import_job(&self, job_id: &str, deadline: Deadline) -> Result<BulkImportJob>;
 
     /// `GET /api/profile-bulk-import-jobs/{id}/import-errors`, every page.
-    async fn bulk_import_errors(&self, job_id: &str, deadline: Deadline) -> Result<Vec<ImportError>>;
+    async fn bulk_import_errors(
+        &self,
+        job_id: &str,
+        deadline: Deadline,
+    ) -> Result<Vec<ImportError>>;
 
     /// Requests, retries and throttles so far.
     fn stats(&self) -> ClientStats;

@@ -131,7 +131,10 @@ pub fn profile_resource(profile: &Profile) -> Value {
         a.insert("locale".into(), Value::String(v.clone()));
     }
     if !profile.properties.is_empty() {
-        a.insert("properties".into(), Value::Object(profile.properties.clone()));
+        a.insert(
+            "properties".into(),
+            Value::Object(profile.properties.clone()),
+        );
     }
     json!({ "type": "profile", "attributes": a })
 }
@@ -176,7 +179,9 @@ mod tests {
         Event {
             metric_name: "Wallet credited".into(),
             properties: Map::from_iter([("points".to_string(), json!(50))]),
-            time: DateTime::parse_from_rfc3339("2026-07-20T10:15:00.250Z").map(|t| t.with_timezone(&Utc)).unwrap(),
+            time: DateTime::parse_from_rfc3339("2026-07-20T10:15:00.250Z")
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap(),
             value: None,
             value_currency: None,
             unique_id: "evt-1".into(),
@@ -186,12 +191,21 @@ mod tests {
 
     #[test]
     fn create_event_body_has_the_spec_shape() {
-        let id = ProfileIdentity { external_id: Some("m-1".into()), ..Default::default() };
+        let id = ProfileIdentity {
+            external_id: Some("m-1".into()),
+            ..Default::default()
+        };
         let body = event_create_body(&id, &event());
         assert_eq!(body["data"]["type"], "event");
         assert_eq!(body["data"]["attributes"]["time"], "2026-07-20T10:15:00Z");
-        assert_eq!(body["data"]["attributes"]["metric"]["data"]["attributes"]["name"], "Wallet credited");
-        assert_eq!(body["data"]["attributes"]["profile"]["data"]["attributes"]["external_id"], "m-1");
+        assert_eq!(
+            body["data"]["attributes"]["metric"]["data"]["attributes"]["name"],
+            "Wallet credited"
+        );
+        assert_eq!(
+            body["data"]["attributes"]["profile"]["data"]["attributes"]["external_id"],
+            "m-1"
+        );
         assert!(body["data"]["attributes"].get("backfill").is_none());
         assert!(body["data"]["attributes"].get("value").is_none());
     }

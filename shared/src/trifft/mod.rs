@@ -37,10 +37,20 @@ pub trait TrifftApi: Send + Sync {
     async fn submit_batch(&self, items: &[BatchItem], deadline: Deadline) -> Result<()>;
 
     /// Members changed at or after the position, oldest change first (assumed feed).
-    async fn members_changed(&self, from: &FeedPosition, limit: u32, deadline: Deadline) -> Result<Page<Member>>;
+    async fn members_changed(
+        &self,
+        from: &FeedPosition,
+        limit: u32,
+        deadline: Deadline,
+    ) -> Result<Page<Member>>;
 
     /// Activity events at or after the position, in feed order (assumed feed).
-    async fn activity_events(&self, from: &FeedPosition, limit: u32, deadline: Deadline) -> Result<Page<ActivityEvent>>;
+    async fn activity_events(
+        &self,
+        from: &FeedPosition,
+        limit: u32,
+        deadline: Deadline,
+    ) -> Result<Page<ActivityEvent>>;
 
     /// Requests, retries and throttles so far.
     fn stats(&self) -> ClientStats;

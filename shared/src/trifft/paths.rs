@@ -56,7 +56,9 @@ pub fn is_safe_path_segment(value: &str) -> bool {
         && value.len() <= 128
         && value != "."
         && value != ".."
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -67,17 +69,36 @@ mod tests {
     fn fills_templates() {
         let p = TrifftPaths::default();
         assert_eq!(
-            fill(&p.segment_member, &[("segment", "vip"), ("member_id", "m-1")]),
+            fill(
+                &p.segment_member,
+                &[("segment", "vip"), ("member_id", "m-1")]
+            ),
             "/v1/segment/vip/member/m-1"
         );
     }
 
     #[test]
     fn refuses_anything_that_could_change_the_uri() {
-        for bad in ["", ".", "..", "a/b", "a?b", "a#b", "a%2Fb", "a b", "ä", "a\nb", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a?b",
+            "a#b",
+            "a%2Fb",
+            "a b",
+            "ä",
+            "a\nb",
+            &"x".repeat(129),
+        ] {
             assert!(!is_safe_path_segment(bad), "{bad:?}");
         }
-        for good in ["bf428af0-1c2d-4e5f-91b5-bda6e211aa00", "vip_gold", "venue-odido.248159"] {
+        for good in [
+            "bf428af0-1c2d-4e5f-91b5-bda6e211aa00",
+            "vip_gold",
+            "venue-odido.248159",
+        ] {
             assert!(is_safe_path_segment(good), "{good:?}");
         }
     }
