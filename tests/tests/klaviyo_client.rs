@@ -3,121 +3,23 @@
 //! Times are judged where the requests arrive: a small forwarding proxy in front of the
 //! emulator stamps each request, so the assertions say what the server saw.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
+use e2e_tests::client_support::{Credential, TestSecrets, start_proxy};
 use loyalty_bridge::klaviyo::bulk::{EventBulkBuilder, ProfileBulkBuilder};
 use loyalty_bridge::klaviyo::{
     Event, KlaviyoApi, KlaviyoClient, KlaviyoSettings, Profile, ProfileIdentity,
 };
 use loyalty_bridge::retry::RetryPolicy;
-use loyalty_bridge::secrets::{BridgeSecrets, SecretSource, SecretString};
-use loyalty_bridge::{Deadline, Error, Result, Service};
+use loyalty_bridge::{Deadline, Error, Service};
 use sandbox::{FaultTarget, Faults, KlaviyoRates, Sandbox, SandboxConfig};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 const KEY: &str = "pk_sandbox_0123456789abcdef";
-
-/// Serves `get` from `current`; `refresh` switches to `after_refresh` when set.
-struct TestSecrets {
-    current: Mutex<String>,
-    after_refresh: Option<String>,
-    refreshes: AtomicUsize,
-}
-
-impl TestSecrets {
-    fn new(key: &str, after_refresh: Option<&str>) -> Arc<Self> {
-        Arc::new(TestSecrets {
-            current: Mutex::new(key.into()),
-            after_refresh: after_refresh.map(str::to_string),
-            refreshes: AtomicUsize::new(0),
-        })
-    }
-
-    fn secrets(&self) -> Arc<BridgeSecrets> {
-        Arc::new(BridgeSecrets {
-            klaviyo_private_key: Some(SecretString::new(self.current.lock().unwrap().clone())),
-            ..Default::default()
-        })
-    }
-}
-
-#[async_trait]
-impl SecretSource for TestSecrets {
-    async fn get(&self) -> Result<Arc<BridgeSecrets>> {
-        Ok(self.secrets())
-    }
-    async fn refresh(&self) -> Result<Arc<BridgeSecrets>> {
-        self.refreshes.fetch_add(1, Ordering::SeqCst);
-        if let Some(next) = &self.after_refresh {
-            *self.current.lock().unwrap() = next.clone();
-        }
-        Ok(self.secrets())
-    }
-}
-
-/// Forwards every request to `target` and stamps its arrival.
-#[derive(Clone)]
-struct Proxy {
-    target: String,
-    client: reqwest::Client,
-    arrivals: Arc<Mutex<Vec<(Instant, String, u16)>>>,
-}
-
-async fn forward(
-    axum::extract::State(proxy): axum::extract::State<Proxy>,
-    request: axum::extract::Request,
-) -> axum::response::Response {
-    let arrived = Instant::now();
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
-    let mut upstream = proxy
-        .client
-        .request(parts.method.clone(), format!("{}{}", proxy.target, path))
-        .body(body);
-    for (name, value) in &parts.headers {
-        if name != axum::http::header::HOST {
-            upstream = upstream.header(name, value);
-        }
-    }
-    let answer = upstream.send().await.unwrap();
-    let status = answer.status();
-    proxy.arrivals.lock().unwrap().push((
-        arrived,
-        format!("{} {}", parts.method, parts.uri.path()),
-        status.as_u16(),
-    ));
-    let mut response = axum::response::Response::builder().status(status);
-    for (name, value) in answer.headers() {
-        response = response.header(name, value);
-    }
-    response
-        .body(axum::body::Body::from(answer.bytes().await.unwrap()))
-        .unwrap()
-}
-
-async fn start_proxy(target: String) -> (String, Arc<Mutex<Vec<(Instant, String, u16)>>>) {
-    let arrivals = Arc::new(Mutex::new(Vec::new()));
-    let proxy = Proxy {
-        target,
-        client: reqwest::Client::new(),
-        arrivals: arrivals.clone(),
-    };
-    let app = axum::Router::new().fallback(forward).with_state(proxy);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, arrivals)
-}
 
 /// Where to record what the client sends, one folder per sandbox, when
 /// `KLAVIYO_CLIENT_RECORD_DIR` is set (for the contract check run by hand).
@@ -157,7 +59,11 @@ fn settings(base_url: String) -> KlaviyoSettings {
 }
 
 fn client(base_url: String) -> KlaviyoClient {
-    KlaviyoClient::new(settings(base_url), TestSecrets::new(KEY, None)).unwrap()
+    KlaviyoClient::new(
+        settings(base_url),
+        TestSecrets::new(Credential::KlaviyoPrivateKey, KEY, None),
+    )
+    .unwrap()
 }
 
 fn deadline() -> Deadline {
@@ -567,7 +473,11 @@ async fn server_errors_are_retried_then_typed() {
 #[tokio::test]
 async fn a_401_refreshes_the_key_once() {
     let sb = sandbox(KlaviyoRates::Unlimited).await;
-    let rotated = TestSecrets::new("pk_old_key_that_was_rotated", Some(KEY));
+    let rotated = TestSecrets::new(
+        Credential::KlaviyoPrivateKey,
+        "pk_old_key_that_was_rotated",
+        Some(KEY),
+    );
     let c = KlaviyoClient::new(settings(sb.klaviyo_url()), rotated.clone()).unwrap();
     c.create_event(&member(1), &event("after-rotation", 0), deadline())
         .await
@@ -575,7 +485,11 @@ async fn a_401_refreshes_the_key_once() {
     assert_eq!(rotated.refreshes.load(Ordering::SeqCst), 1);
     assert_eq!(sb.klaviyo().requests("POST /api/events"), 2);
 
-    let wrong = TestSecrets::new("pk_wrong", Some("pk_still_wrong"));
+    let wrong = TestSecrets::new(
+        Credential::KlaviyoPrivateKey,
+        "pk_wrong",
+        Some("pk_still_wrong"),
+    );
     let c = KlaviyoClient::new(settings(sb.klaviyo_url()), wrong.clone()).unwrap();
     let e = c
         .create_event(&member(1), &event("never", 0), deadline())

@@ -4,119 +4,21 @@
 //! Times are judged where the requests arrive: a small forwarding proxy in front of the
 //! emulator stamps each request.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use e2e_tests::client_support::{Credential, TestSecrets, start_proxy};
 use loyalty_bridge::retry::RetryPolicy;
-use loyalty_bridge::secrets::{BridgeSecrets, SecretSource, SecretString};
 use loyalty_bridge::trifft::{
     BatchItem, BatchMethod, FeedPosition, TrifftApi, TrifftClient, TrifftPaths, TrifftSettings,
 };
-use loyalty_bridge::{Deadline, Error, Result, Service};
+use loyalty_bridge::{Deadline, Error, Service};
 use sandbox::{FaultTarget, Faults, Sandbox, SandboxConfig};
 use serde_json::json;
 use tokio::time::Instant;
 
 const TOKEN: &str = "trifft_sandbox_token";
-
-/// Serves `get` from `current`; `refresh` switches to `after_refresh` when set.
-struct TestSecrets {
-    current: Mutex<String>,
-    after_refresh: Option<String>,
-    refreshes: AtomicUsize,
-}
-
-impl TestSecrets {
-    fn new(token: &str, after_refresh: Option<&str>) -> Arc<Self> {
-        Arc::new(TestSecrets {
-            current: Mutex::new(token.into()),
-            after_refresh: after_refresh.map(str::to_string),
-            refreshes: AtomicUsize::new(0),
-        })
-    }
-
-    fn secrets(&self) -> Arc<BridgeSecrets> {
-        Arc::new(BridgeSecrets {
-            trifft_api_token: Some(SecretString::new(self.current.lock().unwrap().clone())),
-            ..Default::default()
-        })
-    }
-}
-
-#[async_trait]
-impl SecretSource for TestSecrets {
-    async fn get(&self) -> Result<Arc<BridgeSecrets>> {
-        Ok(self.secrets())
-    }
-    async fn refresh(&self) -> Result<Arc<BridgeSecrets>> {
-        self.refreshes.fetch_add(1, Ordering::SeqCst);
-        if let Some(next) = &self.after_refresh {
-            *self.current.lock().unwrap() = next.clone();
-        }
-        Ok(self.secrets())
-    }
-}
-
-/// Forwards every request to `target` and stamps its arrival.
-#[derive(Clone)]
-struct Proxy {
-    target: String,
-    client: reqwest::Client,
-    arrivals: Arc<Mutex<Vec<(Instant, String, u16)>>>,
-}
-
-async fn forward(
-    axum::extract::State(proxy): axum::extract::State<Proxy>,
-    request: axum::extract::Request,
-) -> axum::response::Response {
-    let arrived = Instant::now();
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
-    let mut upstream = proxy
-        .client
-        .request(parts.method.clone(), format!("{}{}", proxy.target, path))
-        .body(body);
-    for (name, value) in &parts.headers {
-        if name != axum::http::header::HOST {
-            upstream = upstream.header(name, value);
-        }
-    }
-    let answer = upstream.send().await.unwrap();
-    let status = answer.status();
-    proxy.arrivals.lock().unwrap().push((
-        arrived,
-        format!("{} {}", parts.method, parts.uri.path()),
-        status.as_u16(),
-    ));
-    let mut response = axum::response::Response::builder().status(status);
-    for (name, value) in answer.headers() {
-        response = response.header(name, value);
-    }
-    response
-        .body(axum::body::Body::from(answer.bytes().await.unwrap()))
-        .unwrap()
-}
-
-async fn start_proxy(target: String) -> (String, Arc<Mutex<Vec<(Instant, String, u16)>>>) {
-    let arrivals = Arc::new(Mutex::new(Vec::new()));
-    let proxy = Proxy {
-        target,
-        client: reqwest::Client::new(),
-        arrivals: arrivals.clone(),
-    };
-    let app = axum::Router::new().fallback(forward).with_state(proxy);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, arrivals)
-}
 
 const LOCKOUT: Duration = Duration::from_secs(1);
 
@@ -147,7 +49,11 @@ fn settings(base_url: String) -> TrifftSettings {
 }
 
 fn client(base_url: String) -> TrifftClient {
-    TrifftClient::new(settings(base_url), TestSecrets::new(TOKEN, None)).unwrap()
+    TrifftClient::new(
+        settings(base_url),
+        TestSecrets::new(Credential::TrifftApiToken, TOKEN, None),
+    )
+    .unwrap()
 }
 
 fn deadline() -> Deadline {
@@ -249,7 +155,8 @@ async fn a_body_of_the_wrong_shape_is_a_decode_error() {
     // Members read from the activity feed: the items lack a member's fields.
     let mut s = settings(sb.trifft_url());
     s.paths.members_feed = s.paths.activity_feed.clone();
-    let c = TrifftClient::new(s, TestSecrets::new(TOKEN, None)).unwrap();
+    let c =
+        TrifftClient::new(s, TestSecrets::new(Credential::TrifftApiToken, TOKEN, None)).unwrap();
     let e = c
         .members_changed(&FeedPosition::Beginning, 10, deadline())
         .await
@@ -279,7 +186,7 @@ async fn pacing_at_the_limit_never_trips_the_lockout() {
                 rate,
                 ..settings(format!("{url}/v1"))
             },
-            TestSecrets::new(TOKEN, None),
+            TestSecrets::new(Credential::TrifftApiToken, TOKEN, None),
         )
         .unwrap(),
     );
@@ -320,7 +227,8 @@ async fn the_lockout_is_waited_out_when_the_deadline_allows() {
         rate: (10, Duration::from_secs(10)),
         ..settings(format!("{url}/v1"))
     };
-    let c = TrifftClient::new(s, TestSecrets::new(TOKEN, None)).unwrap();
+    let c =
+        TrifftClient::new(s, TestSecrets::new(Credential::TrifftApiToken, TOKEN, None)).unwrap();
     for _ in 0..4 {
         c.activity_events(&FeedPosition::Beginning, 10, deadline())
             .await
@@ -492,7 +400,7 @@ async fn a_batch_is_never_sent_twice_when_it_may_have_been_applied() {
 #[tokio::test]
 async fn a_401_refreshes_the_token_once() {
     let sb = sandbox((50, Duration::from_secs(10))).await;
-    let rotated = TestSecrets::new("old_token", Some(TOKEN));
+    let rotated = TestSecrets::new(Credential::TrifftApiToken, "old_token", Some(TOKEN));
     let c = TrifftClient::new(settings(sb.trifft_url()), rotated.clone()).unwrap();
     c.members_changed(&FeedPosition::Beginning, 5, deadline())
         .await
@@ -500,7 +408,7 @@ async fn a_401_refreshes_the_token_once() {
     assert_eq!(rotated.refreshes.load(Ordering::SeqCst), 1);
     assert_eq!(c.stats().requests, 2);
 
-    let wrong = TestSecrets::new("wrong", Some("still_wrong"));
+    let wrong = TestSecrets::new(Credential::TrifftApiToken, "wrong", Some("still_wrong"));
     let c = TrifftClient::new(settings(sb.trifft_url()), wrong.clone()).unwrap();
     let e = c
         .members_changed(&FeedPosition::Beginning, 5, deadline())
