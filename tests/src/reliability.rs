@@ -26,24 +26,12 @@ pub const CUSTOM_SECRET: &str = "sandbox-custom-secret";
 /// Every secret value the bridge holds in these tests: none may ever be logged.
 pub const ALL_SECRETS: [&str; 4] = [KLAVIYO_KEY, TRIFFT_TOKEN, HOOK_SECRET, CUSTOM_SECRET];
 
-/// The 15 TRIFFT activity types the sync maps (DESIGN §4).
-pub const STANDARD_KINDS: [&str; 15] = [
-    "member_verified",
-    "coupon_assigned",
-    "coupon_activated",
-    "coupon_redeemed",
-    "transaction_created",
-    "wallet_credited",
-    "wallet_debited",
-    "profile_updated",
-    "app_opened",
-    "favorite_venue_changed",
-    "added_to_segment",
-    "removed_from_segment",
-    "language_changed",
-    "referral_code_provided",
-    "referral_invited",
-];
+/// One of the 15 TRIFFT activity types the sync maps (DESIGN §4), as the shared crate lists them.
+pub fn is_standard_kind(kind: &str) -> bool {
+    loyalty_bridge::mapping::standard::STANDARD_METRICS
+        .iter()
+        .any(|(k, _)| *k == kind)
+}
 
 /// Klaviyo retries these answers of a flow webhook (DESIGN §1); anything else is final.
 pub const KLAVIYO_RETRIES: [u16; 4] = [429, 500, 502, 503];
@@ -348,7 +336,7 @@ pub fn event_delivery(sb: &Sandbox) -> Delivery {
     let expected: HashSet<&str> = trifft
         .events
         .iter()
-        .filter(|e| STANDARD_KINDS.contains(&e.kind.as_str()) && !e.member_id.trim().is_empty())
+        .filter(|e| is_standard_kind(&e.kind) && !e.member_id.trim().is_empty())
         .map(|e| e.id.as_str())
         .collect();
     let mut seen: HashMap<&str, usize> = HashMap::new();

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use e2e_tests::reliability::is_standard_kind;
 use loyalty_bridge::klaviyo::limits::{BULK_BODY_MAX_BYTES, BULK_EVENTS_MAX, BULK_PROFILES_MAX};
 use loyalty_bridge::klaviyo::model::{event_bulk_entry, profile_resource};
 use loyalty_bridge::klaviyo::{KlaviyoClient, KlaviyoSettings};
@@ -23,24 +24,6 @@ use standard_sync::{Deps, Mode, SyncSettings, SyncSummary, Trigger, run_sync};
 
 const MEMBERS: usize = 10_000;
 const EVENTS: usize = 50_000;
-const STANDARD_KINDS: [&str; 15] = [
-    "member_verified",
-    "coupon_assigned",
-    "coupon_activated",
-    "coupon_redeemed",
-    "transaction_created",
-    "wallet_credited",
-    "wallet_debited",
-    "profile_updated",
-    "app_opened",
-    "favorite_venue_changed",
-    "added_to_segment",
-    "removed_from_segment",
-    "language_changed",
-    "referral_code_provided",
-    "referral_invited",
-];
-
 struct Setup {
     sandbox: Sandbox,
     deps: Deps,
@@ -129,7 +112,7 @@ fn deliverable_event_ids(sandbox: &Sandbox) -> (HashSet<String>, usize) {
     let ids: HashSet<String> = trifft
         .events
         .iter()
-        .filter(|e| STANDARD_KINDS.contains(&e.kind.as_str()) && !e.member_id.trim().is_empty())
+        .filter(|e| is_standard_kind(&e.kind) && !e.member_id.trim().is_empty())
         .map(|e| e.id.clone())
         .collect();
     (ids, trifft.events.len())
