@@ -11,14 +11,14 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::limits::{
     BULK_BODY_MAX_BYTES, BULK_EVENTS_MAX, BULK_PROFILES_MAX, EVENT_PROPERTIES_MAX,
     METRIC_NAME_MAX_CHARS, PROFILE_MAX_BYTES, STRING_MAX_BYTES,
 };
 use super::model::{
-    Event, Profile, ProfileIdentity, event_attributes, event_bulk_entry, profile_resource,
+    Event, Profile, ProfileIdentity, event_bulk_entry_of, event_resource, profile_resource,
 };
 use crate::{Error, Result};
 
@@ -39,15 +39,8 @@ pub struct ProfileBulkRequest {
     pub profiles: usize,
 }
 
-fn serialized_len(value: &Value) -> usize {
-    // Serializing a Value cannot fail (its map keys are strings).
-    serde_json::to_vec(value)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX)
-}
-
-fn event_resource(event: &Event) -> Value {
-    json!({ "type": "event", "attributes": event_attributes(event) })
+fn to_bytes(value: &Value, what: &str) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::invalid(what, e.to_string()))
 }
 
 fn event_job(entries: Vec<Value>) -> Value {
@@ -68,6 +61,49 @@ fn profile_job(profiles: Vec<Value>) -> Value {
     })
 }
 
+/// Stands for the items of the one array in a document given to [`OpenArray::around`].
+/// serde_json writes the NUL as `\u0000`, and `["` cannot come from data (inside a string
+/// the quote is escaped), so `["\u0000…"]` in the output is always this placeholder.
+const PLACEHOLDER: &str = "\u{0}bulk-items";
+
+/// A serialised JSON document with one array left open: `head` ends with the array's `[`,
+/// `tail` starts with its `]`. Items serialised one by one are written in between, so a
+/// request is built from bytes, never from a tree of `Value`s (which takes several times
+/// the memory of the JSON it stands for).
+#[derive(Debug, Clone, Default)]
+struct OpenArray {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl OpenArray {
+    /// `document` holds `[PLACEHOLDER]` exactly once.
+    fn around(document: &Value) -> Self {
+        let bytes = serde_json::to_vec(document).unwrap_or_default();
+        let marker = serde_json::to_vec(&json!([PLACEHOLDER])).unwrap_or_default();
+        match bytes
+            .windows(marker.len())
+            .position(|w| w == marker.as_slice())
+        {
+            Some(at) => OpenArray {
+                head: bytes[..=at].to_vec(),
+                tail: bytes[at + marker.len() - 1..].to_vec(),
+            },
+            None => {
+                debug_assert!(false, "the document holds the placeholder");
+                OpenArray {
+                    head: bytes,
+                    tail: Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+}
+
 /// The first string in `value` longer than `max` bytes, as a JSON-pointer-like path.
 fn oversized_string(value: &Value, path: &str, max: usize) -> Option<String> {
     match value {
@@ -86,6 +122,17 @@ fn oversized_string(value: &Value, path: &str, max: usize) -> Option<String> {
         }),
         _ => None,
     }
+}
+
+fn oversized_string_in(map: &Map<String, Value>, path: &str, max: usize) -> Option<String> {
+    map.iter().find_map(|(k, v)| {
+        let here = format!("{path}/{k}");
+        if k.len() > max {
+            Some(here)
+        } else {
+            oversized_string(v, &here, max)
+        }
+    })
 }
 
 fn check_identity(identity: &ProfileIdentity, what: &str) -> Result<()> {
@@ -151,8 +198,7 @@ pub fn validate_event(identity: &ProfileIdentity, event: &Event) -> Result<()> {
             ),
         ));
     }
-    let properties = Value::Object(event.properties.clone());
-    if let Some(path) = oversized_string(&properties, "properties", STRING_MAX_BYTES) {
+    if let Some(path) = oversized_string_in(&event.properties, "properties", STRING_MAX_BYTES) {
         return Err(Error::invalid(
             path,
             format!("{which}: a string longer than {STRING_MAX_BYTES} bytes"),
@@ -179,6 +225,12 @@ pub fn validate_event(identity: &ProfileIdentity, event: &Event) -> Result<()> {
 
 /// Check one profile against Klaviyo's per-profile limits; returns its serialized size.
 pub fn validate_profile(profile: &Profile) -> Result<usize> {
+    profile_bytes(profile).map(|bytes| bytes.len())
+}
+
+/// The profile as one item of a bulk import (or the `data` of a profile import),
+/// serialised, once it passes Klaviyo's per-profile limits.
+fn profile_bytes(profile: &Profile) -> Result<Vec<u8>> {
     let which = match &profile.identity.external_id {
         Some(id) => format!("profile {id:?}"),
         None => "profile".to_string(),
@@ -191,23 +243,31 @@ pub fn validate_profile(profile: &Profile) -> Result<usize> {
             format!("{which}: a string longer than {STRING_MAX_BYTES} bytes"),
         ));
     }
-    let size = serialized_len(&resource);
-    if size > PROFILE_MAX_BYTES {
+    let bytes = to_bytes(&resource, "profile")?;
+    if bytes.len() > PROFILE_MAX_BYTES {
         return Err(Error::invalid(
             "profile",
-            format!("{which}: {size} bytes serialized, at most {PROFILE_MAX_BYTES} allowed"),
+            format!(
+                "{which}: {} bytes serialized, at most {PROFILE_MAX_BYTES} allowed",
+                bytes.len()
+            ),
         ));
     }
-    Ok(size)
+    Ok(bytes)
 }
 
-/// One profile's entry in the open event request.
+/// One profile's entry in the open event request, serialised: the entry around its
+/// events, and the events themselves, comma-separated.
 #[derive(Debug)]
 struct Entry {
-    identity: ProfileIdentity,
-    events: Vec<Event>,
-    /// Serialized size of the entry with its events.
-    size: usize,
+    frame: OpenArray,
+    events: Vec<u8>,
+}
+
+impl Entry {
+    fn len(&self) -> usize {
+        self.frame.len() + self.events.len()
+    }
 }
 
 /// Packs events into `POST /api/event-bulk-create-jobs` requests.
@@ -215,8 +275,7 @@ struct Entry {
 pub struct EventBulkBuilder {
     max_events: usize,
     max_bytes: usize,
-    /// Size of the job with no entries: `...{"data":[]}}}}`.
-    envelope: usize,
+    job: OpenArray,
     entries: Vec<Entry>,
     by_identity: HashMap<ProfileIdentity, usize>,
     /// (identifier kind, identifier, metric, unique_id) of every event in the open request:
@@ -224,6 +283,7 @@ pub struct EventBulkBuilder {
     /// by each identifier, so two identities sharing an email are also caught.
     seen: HashSet<(u8, String, String, String)>,
     events: usize,
+    /// Size of the open request's body, were it taken now.
     size: usize,
     unique_ids: Vec<String>,
     duplicates_dropped: usize,
@@ -242,16 +302,16 @@ impl EventBulkBuilder {
     }
 
     pub fn with_limits(max_events: usize, max_bytes: usize) -> Self {
-        let envelope = serialized_len(&event_job(Vec::new()));
+        let job = OpenArray::around(&event_job(vec![json!(PLACEHOLDER)]));
         EventBulkBuilder {
             max_events: max_events.max(1),
             max_bytes,
-            envelope,
+            size: job.len(),
+            job,
             entries: Vec::new(),
             by_identity: HashMap::new(),
             seen: HashSet::new(),
             events: 0,
-            size: envelope,
             unique_ids: Vec::new(),
             duplicates_dropped: 0,
         }
@@ -276,9 +336,9 @@ impl EventBulkBuilder {
         event: Event,
     ) -> Result<Option<EventBulkRequest>> {
         validate_event(identity, &event)?;
-        let event_size = serialized_len(&event_resource(&event));
-        let new_entry_size = serialized_len(&event_bulk_entry(identity, &[])) + event_size;
-        let alone = self.envelope + new_entry_size;
+        let event_bytes = to_bytes(&event_resource(&event), "event")?;
+        let frame = OpenArray::around(&event_bulk_entry_of(identity, vec![json!(PLACEHOLDER)]));
+        let alone = self.job.len() + frame.len() + event_bytes.len();
         if alone > self.max_bytes {
             return Err(Error::invalid(
                 "event",
@@ -297,14 +357,36 @@ impl EventBulkBuilder {
         let fits = |b: &Self| {
             let grown = match b.by_identity.get(identity) {
                 // A comma and the event inside the profile's existing events array.
-                Some(_) => b.size + 1 + event_size,
-                None => b.size + usize::from(!b.entries.is_empty()) + new_entry_size,
+                Some(_) => b.size + 1 + event_bytes.len(),
+                None => {
+                    b.size + usize::from(!b.entries.is_empty()) + frame.len() + event_bytes.len()
+                }
             };
             b.events < b.max_events && grown <= b.max_bytes
         };
         let full = if fits(self) { None } else { self.take() };
         // Not a repeat in a fresh request either: `take` cleared what was seen.
-        self.add(identity, event, event_size, new_entry_size, keys);
+        self.unique_ids.push(event.unique_id);
+        self.seen.extend(keys);
+        self.events += 1;
+        match self.by_identity.get(identity) {
+            Some(&i) => {
+                let entry = &mut self.entries[i];
+                entry.events.push(b',');
+                entry.events.extend_from_slice(&event_bytes);
+                self.size += 1 + event_bytes.len();
+            }
+            None => {
+                let entry = Entry {
+                    frame,
+                    events: event_bytes,
+                };
+                self.size += usize::from(!self.entries.is_empty()) + entry.len();
+                self.by_identity
+                    .insert(identity.clone(), self.entries.len());
+                self.entries.push(entry);
+            }
+        }
         Ok(full)
     }
 
@@ -313,57 +395,26 @@ impl EventBulkBuilder {
         self.take()
     }
 
-    fn add(
-        &mut self,
-        identity: &ProfileIdentity,
-        event: Event,
-        event_size: usize,
-        new_entry_size: usize,
-        keys: Vec<(u8, String, String, String)>,
-    ) {
-        self.unique_ids.push(event.unique_id.clone());
-        self.seen.extend(keys);
-        self.events += 1;
-        match self.by_identity.get(identity) {
-            Some(&i) => {
-                let entry = &mut self.entries[i];
-                entry.events.push(event);
-                entry.size += 1 + event_size;
-                self.size += 1 + event_size;
-            }
-            None => {
-                self.size += usize::from(!self.entries.is_empty()) + new_entry_size;
-                self.by_identity
-                    .insert(identity.clone(), self.entries.len());
-                self.entries.push(Entry {
-                    identity: identity.clone(),
-                    events: vec![event],
-                    size: new_entry_size,
-                });
-            }
-        }
-    }
-
     fn take(&mut self) -> Option<EventBulkRequest> {
         if self.entries.is_empty() {
             return None;
         }
         let entries = std::mem::take(&mut self.entries);
         let profiles = entries.len();
-        let values: Vec<Value> = entries
-            .iter()
-            .map(|e| event_bulk_entry(&e.identity, &e.events.iter().collect::<Vec<_>>()))
-            .collect();
-        debug_assert_eq!(
-            self.size,
-            self.envelope
-                + entries.iter().map(|e| e.size).sum::<usize>()
-                + profiles.saturating_sub(1)
-        );
-        let body = Bytes::from(serde_json::to_vec(&event_job(values)).unwrap_or_default());
+        let mut body = Vec::with_capacity(self.size);
+        body.extend_from_slice(&self.job.head);
+        for (i, entry) in entries.into_iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&entry.frame.head);
+            body.extend_from_slice(&entry.events);
+            body.extend_from_slice(&entry.frame.tail);
+        }
+        body.extend_from_slice(&self.job.tail);
         debug_assert_eq!(body.len(), self.size, "size accounting must match the body");
         let request = EventBulkRequest {
-            body,
+            body: Bytes::from(body),
             events: self.events,
             profiles,
             unique_ids: std::mem::take(&mut self.unique_ids),
@@ -371,7 +422,7 @@ impl EventBulkBuilder {
         self.by_identity.clear();
         self.seen.clear();
         self.events = 0;
-        self.size = self.envelope;
+        self.size = self.job.len();
         Some(request)
     }
 }
@@ -415,20 +466,47 @@ pub fn split_events(
     (requests, errors)
 }
 
+/// Where one profile is in the open request's buffer.
+#[derive(Debug)]
+struct Slot {
+    /// What identifies the member (see [`member_key`]), if anything.
+    key: Option<String>,
+    start: usize,
+    /// Without the comma that follows it in the buffer.
+    len: usize,
+    live: bool,
+}
+
+/// The identifier a bulk import matches a profile on first: external_id, else email,
+/// else phone number.
+fn member_key(identity: &ProfileIdentity) -> Option<String> {
+    identity
+        .external_id
+        .as_ref()
+        .map(|v| format!("id:{v}"))
+        .or_else(|| identity.email.as_ref().map(|v| format!("email:{v}")))
+        .or_else(|| identity.phone_number.as_ref().map(|v| format!("phone:{v}")))
+}
+
 /// Packs profiles into `POST /api/profile-bulk-import-jobs` requests.
+///
+/// A job holds each member once: a profile whose identifier is already in the open
+/// request replaces the earlier one (a job's items have no order Klaviyo promises).
+/// The open request is kept as the body it will be: one buffer, grown in place.
 #[derive(Debug)]
 pub struct ProfileBulkBuilder {
     max_profiles: usize,
     max_bytes: usize,
-    envelope: usize,
-    /// The job's JSON up to and including the `[` of its profile list, and from its `]`.
-    prefix: Vec<u8>,
-    suffix: Vec<u8>,
-    /// The open request's profiles, serialised and comma-separated. Kept as bytes, not as
-    /// JSON trees: a 5 MB request of trees takes several times that in memory.
-    profiles: Vec<u8>,
+    job: OpenArray,
+    /// The job's head, then every profile followed by a comma. A replaced profile leaves
+    /// a gap, closed when the request is taken or when gaps grow large.
+    buffer: Vec<u8>,
+    slots: Vec<Slot>,
+    by_member: HashMap<String, usize>,
+    /// Live profiles and their bytes (without commas).
     count: usize,
-    size: usize,
+    live_bytes: usize,
+    gap_bytes: usize,
 }
 
 impl Default for ProfileBulkBuilder {
@@ -444,22 +522,20 @@ impl ProfileBulkBuilder {
     }
 
     pub fn with_limits(max_profiles: usize, max_bytes: usize) -> Self {
-        let empty = serde_json::to_vec(&profile_job(Vec::new())).unwrap_or_default();
-        // The empty job holds exactly one `[]`: the profile list the entries go into.
-        let split = empty
-            .windows(2)
-            .position(|w| w == b"[]")
-            .map_or(empty.len(), |i| i + 1);
-        ProfileBulkBuilder {
+        let job = OpenArray::around(&profile_job(vec![json!(PLACEHOLDER)]));
+        let mut builder = ProfileBulkBuilder {
             max_profiles: max_profiles.max(1),
             max_bytes,
-            envelope: empty.len(),
-            prefix: empty[..split].to_vec(),
-            suffix: empty[split..].to_vec(),
-            profiles: Vec::new(),
+            job,
+            buffer: Vec::new(),
+            slots: Vec::new(),
+            by_member: HashMap::new(),
             count: 0,
-            size: empty.len(),
-        }
+            live_bytes: 0,
+            gap_bytes: 0,
+        };
+        builder.buffer = builder.fresh_buffer();
+        builder
     }
 
     /// Profiles in the open request.
@@ -467,36 +543,54 @@ impl ProfileBulkBuilder {
         self.count
     }
 
-    /// Add one profile. Returns the full request when this profile did not fit into it.
-    /// A profile over 100 KB, with a string over 100 KB or without an identifier is
-    /// refused with `Error::InvalidInput` and nothing is added.
+    /// Size of the open request's body, were it taken now.
+    fn size(&self) -> usize {
+        self.job.len() + self.live_bytes + self.count.saturating_sub(1)
+    }
+
+    /// Add one profile (replacing the same member's earlier one in the open request).
+    /// Returns the full request when this profile did not fit into it. A profile over
+    /// 100 KB, with a string over 100 KB or without an identifier is refused with
+    /// `Error::InvalidInput` and nothing is added or replaced.
     pub fn push(&mut self, profile: &Profile) -> Result<Option<ProfileBulkRequest>> {
-        let size = validate_profile(profile)?;
-        if self.envelope + size > self.max_bytes {
+        let bytes = profile_bytes(profile)?;
+        if self.job.len() + bytes.len() > self.max_bytes {
             return Err(Error::invalid(
                 "profile",
                 format!(
                     "{} bytes as a bulk request alone, at most {} allowed",
-                    self.envelope + size,
+                    self.job.len() + bytes.len(),
                     self.max_bytes
                 ),
             ));
         }
-        let grown = self.size + usize::from(self.count > 0) + size;
+        let key = member_key(&profile.identity);
+        if let Some(i) = key.as_ref().and_then(|k| self.by_member.remove(k)) {
+            self.remove(i);
+        }
+        let grown = self.size() + usize::from(self.count > 0) + bytes.len();
         let full = if self.count < self.max_profiles && grown <= self.max_bytes {
             None
         } else {
             self.take()
         };
-        let bytes = serde_json::to_vec(&profile_resource(profile))
-            .map_err(|e| Error::invalid("profile", e.to_string()))?;
-        if self.count > 0 {
-            self.profiles.push(b',');
-            self.size += 1;
+        if let Some(k) = &key {
+            self.by_member.insert(k.clone(), self.slots.len());
         }
-        self.size += bytes.len();
-        self.profiles.extend_from_slice(&bytes);
+        self.slots.push(Slot {
+            key,
+            start: self.buffer.len(),
+            len: bytes.len(),
+            live: true,
+        });
+        self.buffer.extend_from_slice(&bytes);
+        self.buffer.push(b',');
         self.count += 1;
+        self.live_bytes += bytes.len();
+        // Bound what replaced profiles leave behind (a feed repeating one member).
+        if self.gap_bytes > self.live_bytes.max(PROFILE_MAX_BYTES) {
+            self.compact();
+        }
         Ok(full)
     }
 
@@ -505,21 +599,59 @@ impl ProfileBulkBuilder {
         self.take()
     }
 
+    fn remove(&mut self, slot: usize) {
+        let slot = &mut self.slots[slot];
+        slot.live = false;
+        self.count -= 1;
+        self.live_bytes -= slot.len;
+        self.gap_bytes += slot.len + 1;
+    }
+
+    /// Move every live profile down over the gaps, in order.
+    fn compact(&mut self) {
+        let mut write = self.job.head.len();
+        let slots = std::mem::take(&mut self.slots);
+        self.by_member.clear();
+        for mut slot in slots.into_iter().filter(|slot| slot.live) {
+            let with_comma = slot.len + 1;
+            self.buffer
+                .copy_within(slot.start..slot.start + with_comma, write);
+            slot.start = write;
+            write += with_comma;
+            if let Some(k) = &slot.key {
+                self.by_member.insert(k.clone(), self.slots.len());
+            }
+            self.slots.push(slot);
+        }
+        self.buffer.truncate(write);
+        self.gap_bytes = 0;
+    }
+
+    /// An empty request's buffer, with room for a full one (untouched room costs no memory).
+    fn fresh_buffer(&self) -> Vec<u8> {
+        let mut buffer = Vec::with_capacity(self.max_bytes.min(BULK_BODY_MAX_BYTES) + 1);
+        buffer.extend_from_slice(&self.job.head);
+        buffer
+    }
+
     fn take(&mut self) -> Option<ProfileBulkRequest> {
         if self.count == 0 {
             return None;
         }
-        let mut body = Vec::with_capacity(self.size);
-        body.extend_from_slice(&self.prefix);
-        body.append(&mut self.profiles);
-        body.extend_from_slice(&self.suffix);
-        let count = std::mem::take(&mut self.count);
-        debug_assert_eq!(body.len(), self.size, "size accounting must match the body");
-        let body = Bytes::from(body);
-        self.size = self.envelope;
+        self.compact();
+        let size = self.size();
+        let fresh = self.fresh_buffer();
+        let mut body = std::mem::replace(&mut self.buffer, fresh);
+        body.pop(); // the comma after the last profile
+        body.extend_from_slice(&self.job.tail);
+        debug_assert_eq!(body.len(), size, "size accounting must match the body");
+        let profiles = std::mem::take(&mut self.count);
+        self.slots.clear();
+        self.by_member.clear();
+        self.live_bytes = 0;
         Some(ProfileBulkRequest {
-            body,
-            profiles: count,
+            body: Bytes::from(body),
+            profiles,
         })
     }
 }
@@ -570,6 +702,111 @@ mod tests {
         let expected = profile_job(profiles.iter().map(profile_resource).collect());
         assert_eq!(request.body, serde_json::to_vec(&expected).unwrap());
         assert_eq!(request.profiles, 3);
+    }
+
+    /// Strings that could confuse splicing: quotes, brackets, a NUL, the placeholder's text.
+    fn awkward(n: usize) -> String {
+        format!("[\"{PLACEHOLDER}\"] \\u0000 [] \"ü{n}")
+    }
+
+    #[test]
+    fn event_body_spliced_from_bytes_is_the_job_serde_would_write() {
+        let who = |n: usize| ProfileIdentity {
+            external_id: Some(awkward(n)),
+            email: Some(format!("m{n}@example.com")),
+            ..Default::default()
+        };
+        let mut tricky = event("t", 0);
+        tricky
+            .properties
+            .insert(awkward(9), json!([awkward(1), {"k": []}]));
+        tricky.value = Some(12.5);
+        tricky.value_currency = Some("EUR".into());
+        tricky.backfill = true;
+        let items = vec![
+            (who(1), event("a", 3)),
+            (who(2), tricky.clone()),
+            (who(1), event("c", 0)),
+        ];
+        let reqs = finish_all(EventBulkBuilder::new(), items);
+        let first = event("a", 3);
+        let third = event("c", 0);
+        let expected = event_job(vec![
+            super::super::model::event_bulk_entry(&who(1), &[&first, &third]),
+            super::super::model::event_bulk_entry(&who(2), &[&tricky]),
+        ]);
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(
+            String::from_utf8(reqs[0].body.to_vec()).unwrap(),
+            serde_json::to_string(&expected).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_member_is_in_a_profile_job_once_at_its_latest_state() {
+        let state = |points: u64, pad: usize| {
+            let mut p = profile(1, pad);
+            p.identity.external_id = Some(awkward(1));
+            p.properties.insert("trifft_points".into(), json!(points));
+            p
+        };
+        let mut b = ProfileBulkBuilder::new();
+        b.push(&profile(0, 0)).unwrap();
+        b.push(&state(10, 0)).unwrap();
+        b.push(&profile(2, 0)).unwrap();
+        assert!(b.push(&state(20, 5)).unwrap().is_none());
+        assert_eq!(b.pending_profiles(), 3);
+        let body = b.finish().unwrap().body;
+        let expected = profile_job(
+            [profile(0, 0), profile(2, 0), state(20, 5)]
+                .iter()
+                .map(profile_resource)
+                .collect(),
+        );
+        assert_eq!(body, serde_json::to_vec(&expected).unwrap());
+
+        // A later state that no longer fits leaves the old one out of the full request.
+        let two = {
+            let mut b = ProfileBulkBuilder::with_limits(100, usize::MAX);
+            b.push(&profile(0, 0)).unwrap();
+            b.push(&state(10, 0)).unwrap();
+            b.finish().unwrap().body.len()
+        };
+        let mut b = ProfileBulkBuilder::with_limits(100, two);
+        b.push(&profile(0, 0)).unwrap();
+        b.push(&state(10, 0)).unwrap();
+        let full = b.push(&state(30, 50)).unwrap().unwrap();
+        assert_eq!(
+            full.body,
+            serde_json::to_vec(&profile_job(vec![profile_resource(&profile(0, 0))])).unwrap()
+        );
+        let last = b.finish().unwrap();
+        assert_eq!(
+            last.body,
+            serde_json::to_vec(&profile_job(vec![profile_resource(&state(30, 50))])).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_member_repeated_many_times_does_not_grow_the_buffer() {
+        let mut b = ProfileBulkBuilder::new();
+        b.push(&profile(0, 0)).unwrap();
+        for i in 0..2_000 {
+            let mut p = profile(1, 1_000);
+            p.properties.insert("trifft_points".into(), json!(i));
+            assert!(b.push(&p).unwrap().is_none());
+            assert!(b.buffer.len() < 4 * PROFILE_MAX_BYTES, "{}", b.buffer.len());
+        }
+        let request = b.finish().unwrap();
+        assert_eq!(request.profiles, 2);
+        let body = parse(&request.body);
+        let profiles = body["data"]["attributes"]["profiles"]["data"]
+            .as_array()
+            .unwrap();
+        assert_eq!(
+            profiles[1]["attributes"]["properties"]["trifft_points"],
+            1_999
+        );
     }
 
     fn all(

@@ -102,12 +102,18 @@ pub fn event_create_body(identity: &ProfileIdentity, event: &Event) -> Value {
     json!({ "data": { "type": "event", "attributes": attributes } })
 }
 
+/// One event of a bulk event job's entry (the entry names the profile).
+pub(crate) fn event_resource(event: &Event) -> Value {
+    json!({ "type": "event", "attributes": event_attributes(event) })
+}
+
 /// One entry of a bulk event job: a profile and its events (`EventsBulkCreateQueryResourceObject`).
 pub fn event_bulk_entry(identity: &ProfileIdentity, events: &[&Event]) -> Value {
-    let events: Vec<Value> = events
-        .iter()
-        .map(|e| json!({ "type": "event", "attributes": event_attributes(e) }))
-        .collect();
+    event_bulk_entry_of(identity, events.iter().map(|e| event_resource(e)).collect())
+}
+
+/// [`event_bulk_entry`] around event resources given as values.
+pub(crate) fn event_bulk_entry_of(identity: &ProfileIdentity, events: Vec<Value>) -> Value {
     json!({
         "type": "event-bulk-create",
         "attributes": {
