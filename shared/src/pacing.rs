@@ -2,8 +2,9 @@
 //!
 //! A sliding-window log per limit ("at most N in any period"), which is stricter than
 //! the fixed windows the vendors count in, so no fixed window can ever be exceeded
-//! whatever its alignment. Each period is stretched by 1 % to absorb clock and network
-//! jitter between our send time and the vendor's receive time.
+//! whatever its alignment. Each period is stretched by 1 % plus [`ARRIVAL_JITTER`]: the
+//! vendor counts a request when it arrives, which is later than when we let it go by the
+//! time its body takes to upload, and that differs from one request to the next.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -13,6 +14,11 @@ use tokio::time::Instant;
 use tokio::sync::Mutex;
 
 use crate::Deadline;
+
+/// How much later one request may arrive than another sent at the same time (a 5 MB
+/// bulk body behind a small one). 10 ms was not enough with two bulk requests in flight
+/// on a busy machine: the emulator counted 11 in one second.
+pub const ARRIVAL_JITTER: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 struct Window {
@@ -42,7 +48,7 @@ impl RateLimiter {
             .filter(|(limit, _)| *limit > 0)
             .map(|&(limit, period)| Window {
                 limit: limit as usize,
-                period: period + period / 100,
+                period: period + period / 100 + ARRIVAL_JITTER,
                 sent: VecDeque::with_capacity(limit as usize),
             })
             .collect();
