@@ -5,10 +5,16 @@
 //! Batching: one open bulk request per kind stays open across feed pages and is sent only
 //! when full (or at the end), so the number of requests is the minimum the limits allow.
 //! The checkpoint of a feed may move to the cursor after page N only when no item of a page
-//! <= N is still waiting in an open request, so a crash or a timeout re-sends at most the
-//! open request's pages, and Klaviyo's unique_id drops the repeats.
+//! <= N is still waiting in an open or unanswered request, so a crash or a timeout re-sends
+//! at most those requests' pages, and Klaviyo's unique_id drops the repeats.
+//!
+//! Pipelining: the next feed page is read while the current one is mapped, and full
+//! requests are sent in the background (a few at a time), so reading TRIFFT and writing
+//! Klaviyo overlap instead of adding up. Requests are accepted in the order they were
+//! sent, which keeps the checkpoint rule above.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,16 +22,15 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use loyalty_bridge::klaviyo::bulk::{EventBulkBuilder, ProfileBulkBuilder, validate_profile};
-use loyalty_bridge::klaviyo::limits::{BULK_BODY_MAX_BYTES, BULK_PROFILES_MAX};
+use loyalty_bridge::klaviyo::bulk::{EventBulkBuilder, ProfileBulkBuilder};
 use loyalty_bridge::klaviyo::{
-    ClientStats, EventBulkRequest, ImportError, Profile, ProfileBulkRequest,
+    BulkImportJob, ClientStats, EventBulkRequest, ImportError, ProfileBulkRequest,
 };
 use loyalty_bridge::mapping::standard::{
     MappingIssue, Options, event_to_klaviyo, member_to_profile,
 };
-use loyalty_bridge::trifft::FeedPosition;
-use loyalty_bridge::{Deadline, Error, Result};
+use loyalty_bridge::trifft::{ActivityEvent, FeedPosition, Member, Page};
+use loyalty_bridge::{Deadline, Error, Result, Service};
 
 use crate::Deps;
 use crate::summary::{SyncSummary, emf_line};
@@ -178,95 +183,99 @@ enum Stop {
     OutOfTime,
 }
 
-/// The open bulk profile import: one entry per member (a later state of the same member
-/// replaces the earlier one), kept serialized to stay small, with its exact request size.
-#[derive(Debug)]
-struct ProfileBatch {
-    entries: Vec<(Vec<u8>, usize)>,
-    by_member: HashMap<String, usize>,
-    size: usize,
-    envelope: usize,
-    max_profiles: usize,
-    max_bytes: usize,
-    first_page: Option<u64>,
+/// Bulk event jobs sent and not yet answered, at most: one is sent while the next page is
+/// read and mapped, another may wait on Klaviyo's rate limit. Each holds up to 5 MB.
+const EVENT_SENDS_IN_FLIGHT: usize = 2;
+/// Bulk profile jobs go one at a time, in the order the members feed gave them: a member
+/// changed twice may be in two jobs, and the later job must not overtake the earlier.
+const PROFILE_SENDS_IN_FLIGHT: usize = 1;
+
+/// A request running in its own task, cancelled when dropped: a run that stops leaves
+/// nothing running behind it.
+struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T: Send + 'static> Task<T> {
+    fn spawn(future: impl Future<Output = T> + Send + 'static) -> Self {
+        Task(tokio::spawn(future))
+    }
 }
 
-impl ProfileBatch {
-    fn new(max_profiles: usize, max_bytes: usize) -> Self {
-        // The same envelope the builder emits around its profiles.
-        let envelope = serde_json::json!({
-            "data": { "type": "profile-bulk-import-job", "attributes": { "profiles": { "data": [] } } }
+impl<T> Task<Result<T>> {
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    async fn join(&mut self, service: Service) -> Result<T> {
+        (&mut self.0).await.unwrap_or_else(|e| {
+            Err(Error::Transport {
+                service,
+                detail: format!("the request's task ended: {e}"),
+            })
         })
-        .to_string()
-        .len();
-        ProfileBatch {
-            entries: Vec::new(),
-            by_member: HashMap::new(),
-            size: envelope,
-            envelope,
-            max_profiles,
-            max_bytes,
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One bulk request sent: how many items it holds, and the oldest page with items not in
+/// it or an earlier request (`None`: every page read so far is in).
+struct Sent<T> {
+    task: Task<Result<T>>,
+    items: usize,
+    still_open: Option<u64>,
+}
+
+/// The open bulk request of one kind and its unanswered predecessors, oldest first.
+struct Outbox<B, T> {
+    builder: B,
+    /// The oldest page with items in the open request.
+    first_page: Option<u64>,
+    sent: VecDeque<Sent<T>>,
+    max_in_flight: usize,
+}
+
+impl<B, T> Outbox<B, T> {
+    fn new(builder: B, max_in_flight: usize) -> Self {
+        Outbox {
+            builder,
             first_page: None,
+            sent: VecDeque::new(),
+            max_in_flight: max_in_flight.max(1),
         }
     }
 
-    fn key(profile: &Profile) -> Option<String> {
-        let id = &profile.identity;
-        id.external_id
-            .as_ref()
-            .map(|v| format!("id:{v}"))
-            .or_else(|| id.email.as_ref().map(|v| format!("email:{v}")))
-            .or_else(|| id.phone_number.as_ref().map(|v| format!("phone:{v}")))
+    /// Nothing of the pages read is waiting: neither in the open request nor unanswered.
+    fn is_idle(&self) -> bool {
+        self.first_page.is_none() && self.sent.is_empty()
     }
+}
 
-    /// Whether `size` more bytes (a new profile) fit.
-    fn fits(&self, size: usize) -> bool {
-        self.entries.len() < self.max_profiles
-            && self.size + usize::from(!self.entries.is_empty()) + size <= self.max_bytes
+type EventOutbox = Outbox<EventBulkBuilder, ()>;
+type ProfileOutbox = Outbox<ProfileBulkBuilder, BulkImportJob>;
+
+/// What an answered request of a kind changes in the run.
+trait Accept<T> {
+    fn accept(&mut self, answer: T, items: usize, still_open: Option<u64>);
+}
+
+impl Accept<()> for Run<'_> {
+    fn accept(&mut self, (): (), events: usize, still_open: Option<u64>) {
+        self.summary.event_jobs += 1;
+        self.summary.events_sent += events as u64;
+        self.events.accept_before(still_open);
     }
+}
 
-    /// Add or replace; returns false (nothing changed) when a new profile does not fit.
-    fn add(&mut self, profile: &Profile, size: usize, page: u64) -> Result<bool> {
-        let bytes =
-            serde_json::to_vec(profile).map_err(|e| Error::invalid("profile", e.to_string()))?;
-        let key = Self::key(profile);
-        if let Some(&i) = key.as_ref().and_then(|k| self.by_member.get(k)) {
-            let old = self.entries[i].1;
-            if self.size - old + size <= self.max_bytes {
-                self.size = self.size - old + size;
-                self.entries[i] = (bytes, size);
-                return Ok(true);
-            }
-            return Ok(false);
-        }
-        if !self.fits(size) {
-            return Ok(false);
-        }
-        self.size += usize::from(!self.entries.is_empty()) + size;
-        if let Some(k) = key {
-            self.by_member.insert(k, self.entries.len());
-        }
-        self.entries.push((bytes, size));
-        self.first_page.get_or_insert(page);
-        Ok(true)
-    }
-
-    /// The open batch as bulk requests (one, unless the builder counts differently), and
-    /// an empty batch in its place.
-    fn take(&mut self) -> Result<Vec<ProfileBulkRequest>> {
-        let entries = std::mem::take(&mut self.entries);
-        self.by_member.clear();
-        self.size = self.envelope;
-        self.first_page = None;
-        let mut builder = ProfileBulkBuilder::with_limits(self.max_profiles, self.max_bytes);
-        let mut requests = Vec::new();
-        for (bytes, _) in entries {
-            let profile: Profile = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::invalid("profile", e.to_string()))?;
-            requests.extend(builder.push(&profile)?);
-        }
-        requests.extend(builder.finish());
-        Ok(requests)
+impl Accept<BulkImportJob> for Run<'_> {
+    fn accept(&mut self, job: BulkImportJob, profiles: usize, still_open: Option<u64>) {
+        self.summary.profile_jobs += 1;
+        self.summary.profiles_sent += profiles as u64;
+        self.import_jobs.push((job.id, profiles as u64));
+        self.members.accept_before(still_open);
     }
 }
 
@@ -390,35 +399,111 @@ impl<'a> Run<'a> {
         self.stop_at.allows(MIN_TIME_FOR_A_PAGE)
     }
 
-    async fn sync_members(&mut self, mut position: FeedPosition) -> Result<Stop> {
-        let mut batch = ProfileBatch::new(BULK_PROFILES_MAX, BULK_BODY_MAX_BYTES);
-        let read = self.read_members(&mut position, &mut batch).await;
+    /// Accept answered requests in the order they were sent, waiting for the oldest while
+    /// more than `keep` are unanswered; then save the checkpoint if it moved. A failed
+    /// request halts the run: what it held is gone from memory, so nothing after it may
+    /// be accepted (the requests behind it are cancelled).
+    async fn settle<B, T>(&mut self, outbox: &mut Outbox<B, T>, keep: usize) -> Result<()>
+    where
+        Self: Accept<T>,
+    {
+        let mut accepted = false;
+        loop {
+            let unanswered = outbox.sent.len();
+            let Some(oldest) = outbox.sent.front_mut() else {
+                break;
+            };
+            if unanswered <= keep && !oldest.task.is_finished() {
+                break;
+            }
+            let answer = oldest.task.join(Service::Klaviyo).await;
+            let Some(sent) = outbox.sent.pop_front() else {
+                break;
+            };
+            match answer {
+                Ok(answer) => {
+                    self.accept(answer, sent.items, sent.still_open);
+                    accepted = true;
+                }
+                Err(e) => {
+                    self.halted = true;
+                    outbox.sent.clear();
+                    return Err(e);
+                }
+            }
+        }
+        if accepted {
+            self.save_checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Accept what has been answered without waiting; with the outbox idle, every page
+    /// read so far is accepted too.
+    async fn settle_page<B, T>(&mut self, outbox: &mut Outbox<B, T>, members: bool) -> Result<()>
+    where
+        Self: Accept<T>,
+    {
+        self.settle(outbox, usize::MAX).await?;
+        let feed = if members {
+            &mut self.members
+        } else {
+            &mut self.events
+        };
+        if outbox.is_idle() && feed.accept_before(None) {
+            self.save_checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Start reading a members page in the background.
+    fn read_members_page(&self, position: FeedPosition) -> Task<Result<Page<Member>>> {
+        let (trifft, limit, stop_at) = (
+            self.deps.trifft.clone(),
+            self.deps.settings.page_size,
+            self.stop_at,
+        );
+        Task::spawn(async move { trifft.members_changed(&position, limit, stop_at).await })
+    }
+
+    /// Start reading an activity page in the background.
+    fn read_events_page(&self, position: FeedPosition) -> Task<Result<Page<ActivityEvent>>> {
+        let (trifft, limit, stop_at) = (
+            self.deps.trifft.clone(),
+            self.deps.settings.page_size,
+            self.stop_at,
+        );
+        Task::spawn(async move { trifft.activity_events(&position, limit, stop_at).await })
+    }
+
+    async fn sync_members(&mut self, position: FeedPosition) -> Result<Stop> {
+        let mut outbox = Outbox::new(ProfileBulkBuilder::new(), PROFILE_SENDS_IN_FLIGHT);
+        let read = self.read_members(position, &mut outbox).await;
         if self.halted {
             return read;
         }
         // Reading ended (end of feed, time, or a TRIFFT error that lost nothing): every page
-        // read is fully in the batch, so sending it lets the checkpoint pass them all.
-        let flushed = self.send_profiles(&mut batch, None).await;
+        // read is fully in the outbox, so sending it lets the checkpoint pass them all.
+        let flushed = self.flush_profiles(outbox).await;
         finish_phase(read, flushed)
     }
 
     async fn read_members(
         &mut self,
-        position: &mut FeedPosition,
-        batch: &mut ProfileBatch,
+        position: FeedPosition,
+        outbox: &mut ProfileOutbox,
     ) -> Result<Stop> {
-        let page_size = self.deps.settings.page_size;
+        if !self.time_for_a_page() {
+            return Ok(Stop::OutOfTime);
+        }
+        let mut reading = self.read_members_page(position);
         loop {
-            if !self.time_for_a_page() {
-                return Ok(Stop::OutOfTime);
-            }
-            let page = self
-                .deps
-                .trifft
-                .members_changed(position, page_size, self.stop_at)
-                .await?;
+            let page = reading.join(Service::Trifft).await?;
             let page_index = self.members.page_read(page.next_cursor.clone());
             self.summary.members += page.data.len() as u64;
+            // The next page is read while this one is mapped and sent.
+            let next = (page.has_more && self.time_for_a_page())
+                .then(|| self.read_members_page(FeedPosition::Cursor(page.next_cursor.clone())));
             for member in &page.data {
                 let profile = match member_to_profile(member) {
                     Ok(profile) => profile,
@@ -427,27 +512,29 @@ impl<'a> Run<'a> {
                         continue;
                     }
                 };
-                let size = match validate_profile(&profile) {
-                    Ok(size) => size,
+                match outbox.builder.push(&profile) {
+                    Ok(None) => {
+                        outbox.first_page.get_or_insert(page_index);
+                    }
+                    Ok(Some(full)) => {
+                        // This profile opened the next request, so its page is still open.
+                        self.send_profiles(outbox, full, Some(page_index)).await?;
+                        outbox.first_page = Some(page_index);
+                    }
                     Err(e) => {
                         self.summary.profiles_failed += 1;
                         warn!(member_id = %member.id, reason = %e, "profile not sent: Klaviyo would refuse it");
-                        continue;
                     }
-                };
-                if !batch.add(&profile, size, page_index)? {
-                    // The rest of this page is not in the batch yet: its page stays open.
-                    self.send_profiles(batch, Some(page_index)).await?;
-                    batch.add(&profile, size, page_index)?;
                 }
             }
-            if batch.first_page.is_none() && self.members.accept_before(None) {
-                self.save_checkpoint().await?;
-            }
+            self.settle_page(outbox, true).await?;
             if !page.has_more {
                 return Ok(Stop::EndOfFeed);
             }
-            *position = FeedPosition::Cursor(page.next_cursor);
+            match next {
+                Some(next) => reading = next,
+                None => return Ok(Stop::OutOfTime),
+            }
         }
     }
 
@@ -459,67 +546,52 @@ impl<'a> Run<'a> {
         warn!(issue = issue.kind(), reason = %issue, "member not sent");
     }
 
-    /// Send the open profile batch; `still_open`: the oldest page with members not in it.
-    /// On success the members checkpoint may move up to that page.
+    /// Send a full profile request in the background, once there is room for it;
+    /// `still_open`: the oldest page with members not in it.
     async fn send_profiles(
         &mut self,
-        batch: &mut ProfileBatch,
+        outbox: &mut ProfileOutbox,
+        request: ProfileBulkRequest,
         still_open: Option<u64>,
     ) -> Result<()> {
-        if !batch.entries.is_empty() {
-            let requests = batch.take();
-            let sent = self.send_profile_requests(requests).await;
-            if sent.is_err() {
-                // What the batch held is gone from memory: nothing after it may be accepted.
-                self.halted = true;
-            }
-            sent?;
-        }
-        self.members.accept_before(still_open);
-        self.save_checkpoint().await
-    }
-
-    async fn send_profile_requests(
-        &mut self,
-        requests: Result<Vec<ProfileBulkRequest>>,
-    ) -> Result<()> {
-        for request in requests? {
-            let job = self
-                .deps
-                .klaviyo
-                .bulk_import_profiles(&request, self.stop_at)
-                .await?;
-            self.summary.profile_jobs += 1;
-            self.summary.profiles_sent += request.profiles as u64;
-            self.import_jobs.push((job.id, request.profiles as u64));
-        }
+        self.settle(outbox, outbox.max_in_flight - 1).await?;
+        let (klaviyo, stop_at) = (self.deps.klaviyo.clone(), self.stop_at);
+        let items = request.profiles;
+        outbox.sent.push_back(Sent {
+            task: Task::spawn(async move { klaviyo.bulk_import_profiles(&request, stop_at).await }),
+            items,
+            still_open,
+        });
+        outbox.first_page = None;
         Ok(())
     }
 
-    async fn sync_events(&mut self, mut position: FeedPosition) -> Result<Stop> {
-        let mut open = EventBatch {
-            builder: EventBulkBuilder::new(),
-            first_page: None,
-        };
-        let read = self.read_events(&mut position, &mut open).await;
-        self.summary.duplicates_dropped = open.builder.duplicates_dropped() as u64;
+    /// Send what is open, wait for every answer, and let the checkpoint pass every page read.
+    async fn flush_profiles(&mut self, mut outbox: ProfileOutbox) -> Result<()> {
+        let builder = std::mem::take(&mut outbox.builder);
+        if let Some(last) = builder.finish() {
+            self.send_profiles(&mut outbox, last, None).await?;
+        }
+        self.settle(&mut outbox, 0).await?;
+        self.members.accept_before(None);
+        self.save_checkpoint().await
+    }
+
+    async fn sync_events(&mut self, position: FeedPosition) -> Result<Stop> {
+        let mut outbox = Outbox::new(EventBulkBuilder::new(), EVENT_SENDS_IN_FLIGHT);
+        let read = self.read_events(position, &mut outbox).await;
+        self.summary.duplicates_dropped = outbox.builder.duplicates_dropped() as u64;
         if self.halted {
             return read;
         }
-        let flushed = match std::mem::take(&mut open.builder).finish() {
-            Some(last) => self.send_events(&last, None).await,
-            None => {
-                self.events.accept_before(None);
-                self.save_checkpoint().await
-            }
-        };
+        let flushed = self.flush_events(outbox).await;
         finish_phase(read, flushed)
     }
 
     async fn read_events(
         &mut self,
-        position: &mut FeedPosition,
-        open: &mut EventBatch,
+        position: FeedPosition,
+        outbox: &mut EventOutbox,
     ) -> Result<Stop> {
         let options = Options {
             metric_prefix: self.deps.settings.metric_prefix.clone(),
@@ -527,18 +599,16 @@ impl<'a> Run<'a> {
             // Klaviyo takes times up to a year ahead; a day less leaves room for clock skew.
             latest_time: Some(Utc::now() + chrono::Duration::days(364)),
         };
-        let page_size = self.deps.settings.page_size;
+        if !self.time_for_a_page() {
+            return Ok(Stop::OutOfTime);
+        }
+        let mut reading = self.read_events_page(position);
         loop {
-            if !self.time_for_a_page() {
-                return Ok(Stop::OutOfTime);
-            }
-            let page = self
-                .deps
-                .trifft
-                .activity_events(position, page_size, self.stop_at)
-                .await?;
+            let page = reading.join(Service::Trifft).await?;
             let page_index = self.events.page_read(page.next_cursor.clone());
             self.summary.events_read += page.data.len() as u64;
+            let next = (page.has_more && self.time_for_a_page())
+                .then(|| self.read_events_page(FeedPosition::Cursor(page.next_cursor.clone())));
             for activity in &page.data {
                 let (identity, event) = match event_to_klaviyo(activity, &options) {
                     Ok(mapped) => mapped,
@@ -548,16 +618,16 @@ impl<'a> Run<'a> {
                         continue;
                     }
                 };
-                match open.builder.push(&identity, event) {
+                match outbox.builder.push(&identity, event) {
                     Ok(None) => {
-                        if open.builder.pending_events() > 0 {
-                            open.first_page.get_or_insert(page_index);
+                        if outbox.builder.pending_events() > 0 {
+                            outbox.first_page.get_or_insert(page_index);
                         }
                     }
                     Ok(Some(full)) => {
                         // This event opened the next request, so its page is still open.
-                        self.send_events(&full, Some(page_index)).await?;
-                        open.first_page = Some(page_index);
+                        self.send_events(outbox, full, Some(page_index)).await?;
+                        outbox.first_page = Some(page_index);
                     }
                     Err(e) => {
                         self.summary.events_skipped += 1;
@@ -565,35 +635,45 @@ impl<'a> Run<'a> {
                     }
                 }
             }
-            if open.first_page.is_none() && self.events.accept_before(None) {
-                self.save_checkpoint().await?;
-            }
+            self.settle_page(outbox, false).await?;
             if !page.has_more {
                 return Ok(Stop::EndOfFeed);
             }
-            *position = FeedPosition::Cursor(page.next_cursor);
+            match next {
+                Some(next) => reading = next,
+                None => return Ok(Stop::OutOfTime),
+            }
         }
     }
 
-    /// Send one bulk event job; `still_open`: the oldest page with events not in it.
+    /// Send a full bulk event job in the background, once there is room for it;
+    /// `still_open`: the oldest page with events not in it.
     async fn send_events(
         &mut self,
-        request: &EventBulkRequest,
+        outbox: &mut EventOutbox,
+        request: EventBulkRequest,
         still_open: Option<u64>,
     ) -> Result<()> {
-        if let Err(e) = self
-            .deps
-            .klaviyo
-            .bulk_create_events(request, self.stop_at)
-            .await
-        {
-            // The request's events are gone from memory: nothing after them may be accepted.
-            self.halted = true;
-            return Err(e);
+        self.settle(outbox, outbox.max_in_flight - 1).await?;
+        let (klaviyo, stop_at) = (self.deps.klaviyo.clone(), self.stop_at);
+        let items = request.events;
+        outbox.sent.push_back(Sent {
+            task: Task::spawn(async move { klaviyo.bulk_create_events(&request, stop_at).await }),
+            items,
+            still_open,
+        });
+        outbox.first_page = None;
+        Ok(())
+    }
+
+    /// Send what is open, wait for every answer, and let the checkpoint pass every page read.
+    async fn flush_events(&mut self, mut outbox: EventOutbox) -> Result<()> {
+        let builder = std::mem::take(&mut outbox.builder);
+        if let Some(last) = builder.finish() {
+            self.send_events(&mut outbox, last, None).await?;
         }
-        self.summary.event_jobs += 1;
-        self.summary.events_sent += request.events as u64;
-        self.events.accept_before(still_open);
+        self.settle(&mut outbox, 0).await?;
+        self.events.accept_before(None);
         self.save_checkpoint().await
     }
 
@@ -649,12 +729,6 @@ impl<'a> Run<'a> {
             }
         }
     }
-}
-
-/// The open bulk event job.
-struct EventBatch {
-    builder: EventBulkBuilder,
-    first_page: Option<u64>,
 }
 
 /// Combine how reading ended with the final send (and save): out of time is a normal end;
