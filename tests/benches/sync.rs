@@ -164,7 +164,13 @@ async fn run(members: usize, events: usize) -> Figures {
         ("KLAVIYO_BASE_URL".to_string(), sandbox.klaviyo_url()),
         ("TRIFFT_BASE_URL".to_string(), sandbox.trifft_url()),
         ("TRIFFT_PAGE_SIZE".to_string(), PAGE_SIZE.to_string()),
-        ("RUST_LOG".to_string(), "warn".to_string()),
+        // As deployed (template.yaml); JSON lines carry their time.
+        ("AWS_LAMBDA_LOG_FORMAT".to_string(), "json".to_string()),
+        // SYNC_BENCH_LOG=debug logs every request with its time (in the run's directory).
+        (
+            "RUST_LOG".to_string(),
+            std::env::var("SYNC_BENCH_LOG").unwrap_or_else(|_| "warn".to_string()),
+        ),
     ];
     let api = RuntimeApi::start().await;
     let log = dir.join("standard-sync.log");
@@ -287,7 +293,14 @@ async fn run(members: usize, events: usize) -> Figures {
         "  peak RSS of the sync process: {rss_mib:.2} MiB (VmHWM of the release binary; target <= 32 MiB for 10k)"
     );
     sandbox.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("SYNC_BENCH_LOG").is_some() {
+        println!(
+            "  the sync's log and the recorded requests: {}",
+            dir.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Figures {
         members,
         events,
