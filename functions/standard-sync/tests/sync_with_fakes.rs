@@ -134,6 +134,8 @@ struct FakeKlaviyo {
     requests: AtomicU64,
     /// Refuse bulk event job number n (1-based, counting attempts) with this error.
     fail_event_job: Mutex<Option<(u64, Error)>>,
+    /// Answer bulk event job number n (1-based) only after this long.
+    slow_event_job: Option<(u64, Duration)>,
     event_attempts: AtomicU64,
     /// Import errors reported for every job.
     import_errors: Vec<ImportError>,
@@ -179,6 +181,9 @@ impl KlaviyoApi for FakeKlaviyo {
     async fn bulk_create_events(&self, request: &EventBulkRequest, _: Deadline) -> Result<()> {
         self.requests.fetch_add(1, Ordering::SeqCst);
         let attempt = self.event_attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some((_, delay)) = self.slow_event_job.filter(|(n, _)| *n == attempt) {
+            tokio::time::sleep(delay).await;
+        }
         let mut fail = self.fail_event_job.lock().unwrap();
         if fail.as_ref().is_some_and(|(n, _)| *n == attempt) {
             return Err(fail.take().unwrap().1);
@@ -491,6 +496,53 @@ async fn a_failed_job_keeps_the_checkpoint_before_it_and_the_next_run_resends() 
     );
     // Nothing accepted was sent twice: the resume started exactly at the checkpoint.
     assert_eq!(ids.len(), 3_500);
+}
+
+#[tokio::test]
+async fn a_job_that_fails_behind_a_later_accepted_one_still_holds_the_checkpoint() {
+    // Job 1 is slow and then fails; job 2, sent while it is in flight, is accepted first.
+    let klaviyo = FakeKlaviyo {
+        slow_event_job: Some((1, Duration::from_millis(200))),
+        ..Default::default()
+    };
+    *klaviyo.fail_event_job.lock().unwrap() = Some((
+        1,
+        Error::Upstream {
+            service: Service::Klaviyo,
+            status: 503,
+            detail: "retries spent".into(),
+        },
+    ));
+    let world = World::new(10, 3_500, FakeTrifft::default(), klaviyo);
+    let deps = world.deps(settings(250));
+    let error = run_sync(&deps, Trigger::direct(Mode::Incremental), far())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Upstream { status: 503, .. }),
+        "{error}"
+    );
+    // Job 2 reached Klaviyo, but its acceptance cannot move the checkpoint past job 1's
+    // events, which are lost from memory.
+    assert_eq!(world.klaviyo.stored_unique_ids().len(), 1_000);
+    let checkpoint = world
+        .state
+        .load_checkpoint("standard-sync")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(checkpoint.body["events_cursor"], Value::Null);
+
+    let summary = run_sync(&deps, Trigger::direct(Mode::Incremental), far())
+        .await
+        .unwrap();
+    assert!(summary.completed);
+    assert_eq!(summary.events_sent, 3_500);
+    let ids = world.klaviyo.stored_unique_ids();
+    assert_eq!(
+        ids.iter().cloned().collect::<HashSet<_>>(),
+        all_event_ids(3_500)
+    );
 }
 
 #[tokio::test]
