@@ -222,11 +222,11 @@ impl<T> Drop for Task<T> {
 }
 
 /// One bulk request sent: how many items it holds, and the oldest page with items not in
-/// it or an earlier request (`None`: every page read so far is in).
+/// it or an earlier request, fixed when it was sent (pages read later are not in it).
 struct Sent<T> {
     task: Task<Result<T>>,
     items: usize,
-    still_open: Option<u64>,
+    still_open: u64,
 }
 
 /// The open bulk request of one kind and its unanswered predecessors, oldest first.
@@ -259,23 +259,23 @@ type ProfileOutbox = Outbox<ProfileBulkBuilder, BulkImportJob>;
 
 /// What an answered request of a kind changes in the run.
 trait Accept<T> {
-    fn accept(&mut self, answer: T, items: usize, still_open: Option<u64>);
+    fn accept(&mut self, answer: T, items: usize, still_open: u64);
 }
 
 impl Accept<()> for Run<'_> {
-    fn accept(&mut self, (): (), events: usize, still_open: Option<u64>) {
+    fn accept(&mut self, (): (), events: usize, still_open: u64) {
         self.summary.event_jobs += 1;
         self.summary.events_sent += events as u64;
-        self.events.accept_before(still_open);
+        self.events.accept_before(Some(still_open));
     }
 }
 
 impl Accept<BulkImportJob> for Run<'_> {
-    fn accept(&mut self, job: BulkImportJob, profiles: usize, still_open: Option<u64>) {
+    fn accept(&mut self, job: BulkImportJob, profiles: usize, still_open: u64) {
         self.summary.profile_jobs += 1;
         self.summary.profiles_sent += profiles as u64;
         self.import_jobs.push((job.id, profiles as u64));
-        self.members.accept_before(still_open);
+        self.members.accept_before(Some(still_open));
     }
 }
 
@@ -527,6 +527,12 @@ impl<'a> Run<'a> {
                     }
                 }
             }
+            // A request the page filled is sent now, not when the next page's first item
+            // finds no room in it: that page may be a rate-limit window away. Every page
+            // read is then in a sent request.
+            if let Some(full) = outbox.builder.take_if_full() {
+                self.send_profiles(outbox, full, None).await?;
+            }
             self.settle_page(outbox, true).await?;
             if !page.has_more {
                 return Ok(Stop::EndOfFeed);
@@ -547,7 +553,7 @@ impl<'a> Run<'a> {
     }
 
     /// Send a full profile request in the background, once there is room for it;
-    /// `still_open`: the oldest page with members not in it.
+    /// `still_open`: the oldest page with members not in it (`None`: every page read).
     async fn send_profiles(
         &mut self,
         outbox: &mut ProfileOutbox,
@@ -557,6 +563,7 @@ impl<'a> Run<'a> {
         self.settle(outbox, outbox.max_in_flight - 1).await?;
         let (klaviyo, stop_at) = (self.deps.klaviyo.clone(), self.stop_at);
         let items = request.profiles;
+        let still_open = still_open.unwrap_or(self.members.next_page);
         outbox.sent.push_back(Sent {
             task: Task::spawn(async move { klaviyo.bulk_import_profiles(&request, stop_at).await }),
             items,
@@ -635,6 +642,9 @@ impl<'a> Run<'a> {
                     }
                 }
             }
+            if let Some(full) = outbox.builder.take_if_full() {
+                self.send_events(outbox, full, None).await?;
+            }
             self.settle_page(outbox, false).await?;
             if !page.has_more {
                 return Ok(Stop::EndOfFeed);
@@ -647,7 +657,7 @@ impl<'a> Run<'a> {
     }
 
     /// Send a full bulk event job in the background, once there is room for it;
-    /// `still_open`: the oldest page with events not in it.
+    /// `still_open`: the oldest page with events not in it (`None`: every page read).
     async fn send_events(
         &mut self,
         outbox: &mut EventOutbox,
@@ -657,6 +667,7 @@ impl<'a> Run<'a> {
         self.settle(outbox, outbox.max_in_flight - 1).await?;
         let (klaviyo, stop_at) = (self.deps.klaviyo.clone(), self.stop_at);
         let items = request.events;
+        let still_open = still_open.unwrap_or(self.events.next_page);
         outbox.sent.push_back(Sent {
             task: Task::spawn(async move { klaviyo.bulk_create_events(&request, stop_at).await }),
             items,

@@ -390,6 +390,16 @@ impl EventBulkBuilder {
         Ok(full)
     }
 
+    /// The open request if it holds as many events as a request may: nothing more can
+    /// join it, so it need not wait for the next event to be sent.
+    pub fn take_if_full(&mut self) -> Option<EventBulkRequest> {
+        if self.events >= self.max_events {
+            self.take()
+        } else {
+            None
+        }
+    }
+
     /// The last, partly filled request, if any event is left in it.
     pub fn finish(mut self) -> Option<EventBulkRequest> {
         self.take()
@@ -592,6 +602,16 @@ impl ProfileBulkBuilder {
             self.compact();
         }
         Ok(full)
+    }
+
+    /// The open request if it holds as many profiles as a request may (a later state of
+    /// one of its members then goes into the next request).
+    pub fn take_if_full(&mut self) -> Option<ProfileBulkRequest> {
+        if self.count >= self.max_profiles {
+            self.take()
+        } else {
+            None
+        }
     }
 
     /// The last, partly filled request, if any profile is left in it.
@@ -938,6 +958,24 @@ mod tests {
         // The first was full: the next event would not have fitted.
         let event_len = reqs[0].body.len() / reqs[0].events;
         assert!(reqs[0].body.len() + event_len > BULK_BODY_MAX_BYTES);
+    }
+
+    #[test]
+    fn a_request_at_its_count_limit_is_taken_without_waiting_for_the_next_item() {
+        let mut events = EventBulkBuilder::with_limits(2, usize::MAX);
+        events.push(&identity(1), event("a", 0)).unwrap();
+        assert!(events.take_if_full().is_none());
+        events.push(&identity(2), event("b", 0)).unwrap();
+        assert_eq!(events.take_if_full().unwrap().unique_ids, ["a", "b"]);
+        assert_eq!(events.pending_events(), 0);
+        assert!(events.finish().is_none());
+
+        let mut profiles = ProfileBulkBuilder::with_limits(2, usize::MAX);
+        profiles.push(&profile(1, 0)).unwrap();
+        assert!(profiles.take_if_full().is_none());
+        profiles.push(&profile(2, 0)).unwrap();
+        assert_eq!(profiles.take_if_full().unwrap().profiles, 2);
+        assert!(profiles.finish().is_none());
     }
 
     #[test]
