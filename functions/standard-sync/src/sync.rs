@@ -8,6 +8,10 @@
 //! <= N is still waiting in an open or unanswered request, so a crash or a timeout re-sends
 //! at most those requests' pages, and Klaviyo's unique_id drops the repeats.
 //!
+//! Order: an incremental run sends members before events (a flow an event starts may show
+//! the member's attributes); a backfill reads both feeds at once, a page of each in turn,
+//! since backfilled events start no flows.
+//!
 //! Pipelining: the next feed page is read while the current one is mapped, and full
 //! requests are sent in the background (a few at a time), so reading TRIFFT and writing
 //! Klaviyo overlap instead of adding up. Requests are accepted in the order they were
@@ -257,6 +261,27 @@ impl<B, T> Outbox<B, T> {
 type EventOutbox = Outbox<EventBulkBuilder, ()>;
 type ProfileOutbox = Outbox<ProfileBulkBuilder, BulkImportJob>;
 
+/// One feed being read: the next page in flight (`None`: no time for another) and the
+/// requests its pages fill.
+struct Feed<T, B, R> {
+    reading: Option<Task<Result<Page<T>>>>,
+    outbox: Outbox<B, R>,
+}
+
+type MembersFeed = Feed<Member, ProfileBulkBuilder, BulkImportJob>;
+type EventsFeed = Feed<ActivityEvent, EventBulkBuilder, ()>;
+
+/// After a page: the feed ended, there is no time for the next page, or it goes on.
+fn feed_stop<T, U>(page: &Page<T>, next: &Option<U>) -> Option<Stop> {
+    if !page.has_more {
+        Some(Stop::EndOfFeed)
+    } else if next.is_none() {
+        Some(Stop::OutOfTime)
+    } else {
+        None
+    }
+}
+
 /// What an answered request of a kind changes in the run.
 trait Accept<T> {
     fn accept(&mut self, answer: T, items: usize, still_open: u64);
@@ -338,12 +363,12 @@ impl<'a> Run<'a> {
         // it sends anything, and a first run keeps its origin even if it stops early.
         self.write_checkpoint().await?;
 
-        let members_start = self.start_position(self.checkpoint.members_cursor.clone());
-        let mut outcome = self.sync_members(members_start).await;
-        if matches!(outcome, Ok(Stop::EndOfFeed)) {
-            let events_start = self.start_position(self.checkpoint.events_cursor.clone());
-            outcome = self.sync_events(events_start).await;
-        }
+        let members_at = self.start_position(self.checkpoint.members_cursor.clone());
+        let events_at = self.start_position(self.checkpoint.events_cursor.clone());
+        let outcome = match self.trigger.mode {
+            Mode::Incremental => self.sync_in_turn(members_at, events_at).await,
+            Mode::Backfill => self.sync_together(members_at, events_at).await,
+        };
         // Accepted jobs are read back even when the run stops by an error.
         self.read_back_import_jobs().await;
         let completed = matches!(outcome?, Stop::EndOfFeed);
@@ -476,72 +501,158 @@ impl<'a> Run<'a> {
         Task::spawn(async move { trifft.activity_events(&position, limit, stop_at).await })
     }
 
-    async fn sync_members(&mut self, position: FeedPosition) -> Result<Stop> {
-        let mut outbox = Outbox::new(ProfileBulkBuilder::new(), PROFILE_SENDS_IN_FLIGHT);
-        let read = self.read_members(position, &mut outbox).await;
+    fn members_feed(&self, position: FeedPosition) -> MembersFeed {
+        Feed {
+            reading: self
+                .time_for_a_page()
+                .then(|| self.read_members_page(position)),
+            outbox: Outbox::new(ProfileBulkBuilder::new(), PROFILE_SENDS_IN_FLIGHT),
+        }
+    }
+
+    fn events_feed(&self, position: FeedPosition) -> EventsFeed {
+        Feed {
+            reading: self
+                .time_for_a_page()
+                .then(|| self.read_events_page(position)),
+            outbox: Outbox::new(EventBulkBuilder::new(), EVENT_SENDS_IN_FLIGHT),
+        }
+    }
+
+    /// Incremental: members first, then events. A flow an event starts may show the
+    /// member's attributes (a points balance), so the profile goes to Klaviyo first.
+    async fn sync_in_turn(
+        &mut self,
+        members_at: FeedPosition,
+        events_at: FeedPosition,
+    ) -> Result<Stop> {
+        let mut members = self.members_feed(members_at);
+        let read = loop {
+            if let Some(read) = self.members_page(&mut members).await.transpose() {
+                break read;
+            }
+        };
+        if !matches!(
+            self.end_members(read, &mut members.outbox).await?,
+            Stop::EndOfFeed
+        ) {
+            return Ok(Stop::OutOfTime);
+        }
+        let mut events = self.events_feed(events_at);
+        let read = loop {
+            if let Some(read) = self.events_page(&mut events).await.transpose() {
+                break read;
+            }
+        };
+        self.end_events(read, &mut events.outbox).await
+    }
+
+    /// Backfill: both feeds at once, a page of each in turn, so event jobs (bound by
+    /// Klaviyo's 150 a minute) start at once instead of after the whole members feed.
+    /// Backfilled events start no flows, so no event needs its profile in Klaviyo first.
+    async fn sync_together(
+        &mut self,
+        members_at: FeedPosition,
+        events_at: FeedPosition,
+    ) -> Result<Stop> {
+        let mut members = self.members_feed(members_at);
+        let mut events = self.events_feed(events_at);
+        let (mut members_done, mut events_done) = (None, None);
+        while !self.halted && (members_done.is_none() || events_done.is_none()) {
+            if members_done.is_none()
+                && let Some(read) = self.members_page(&mut members).await.transpose()
+            {
+                members_done = Some(self.end_members(read, &mut members.outbox).await);
+            }
+            if events_done.is_none()
+                && let Some(read) = self.events_page(&mut events).await.transpose()
+            {
+                events_done = Some(self.end_events(read, &mut events.outbox).await);
+            }
+            if matches!(members_done, Some(Err(_))) || matches!(events_done, Some(Err(_))) {
+                break;
+            }
+        }
+        // One feed failed: the other stops too, and what it read is still sent.
+        let members_done = match members_done {
+            Some(done) => done,
+            None => {
+                self.end_members(Ok(Stop::OutOfTime), &mut members.outbox)
+                    .await
+            }
+        };
+        let events_done = match events_done {
+            Some(done) => done,
+            None => {
+                self.end_events(Ok(Stop::OutOfTime), &mut events.outbox)
+                    .await
+            }
+        };
+        match (members_done?, events_done?) {
+            (Stop::EndOfFeed, Stop::EndOfFeed) => Ok(Stop::EndOfFeed),
+            _ => Ok(Stop::OutOfTime),
+        }
+    }
+
+    /// Map and send one members page (the next is read meanwhile). `Some` once the feed
+    /// ended, time is up or the read failed.
+    async fn members_page(&mut self, feed: &mut MembersFeed) -> Result<Option<Stop>> {
+        let Some(mut reading) = feed.reading.take() else {
+            return Ok(Some(Stop::OutOfTime));
+        };
+        let page = reading.join(Service::Trifft).await?;
+        let page_index = self.members.page_read(page.next_cursor.clone());
+        self.summary.members += page.data.len() as u64;
+        if page.has_more && self.time_for_a_page() {
+            feed.reading =
+                Some(self.read_members_page(FeedPosition::Cursor(page.next_cursor.clone())));
+        }
+        let outbox = &mut feed.outbox;
+        for member in &page.data {
+            let profile = match member_to_profile(member) {
+                Ok(profile) => profile,
+                Err(issue) => {
+                    self.report_member_issue(&issue);
+                    continue;
+                }
+            };
+            match outbox.builder.push(&profile) {
+                Ok(None) => {
+                    outbox.first_page.get_or_insert(page_index);
+                }
+                Ok(Some(full)) => {
+                    // This profile opened the next request, so its page is still open.
+                    self.send_profiles(outbox, full, Some(page_index)).await?;
+                    outbox.first_page = Some(page_index);
+                }
+                Err(e) => {
+                    self.summary.profiles_failed += 1;
+                    warn!(member_id = %member.id, reason = %e, "profile not sent: Klaviyo would refuse it");
+                }
+            }
+        }
+        // A request the page filled is sent now, not when the next page's first item
+        // finds no room in it: that page may be a rate-limit window away. Every page
+        // read is then in a sent request.
+        if let Some(full) = outbox.builder.take_if_full() {
+            self.send_profiles(outbox, full, None).await?;
+        }
+        self.settle_page(outbox, true).await?;
+        Ok(feed_stop(&page, &feed.reading))
+    }
+
+    /// Reading ended (end of feed, time, or a TRIFFT error that lost nothing): every page
+    /// read is fully in the outbox, so sending it lets the checkpoint pass them all.
+    async fn end_members(
+        &mut self,
+        read: Result<Stop>,
+        outbox: &mut ProfileOutbox,
+    ) -> Result<Stop> {
         if self.halted {
             return read;
         }
-        // Reading ended (end of feed, time, or a TRIFFT error that lost nothing): every page
-        // read is fully in the outbox, so sending it lets the checkpoint pass them all.
         let flushed = self.flush_profiles(outbox).await;
         finish_phase(read, flushed)
-    }
-
-    async fn read_members(
-        &mut self,
-        position: FeedPosition,
-        outbox: &mut ProfileOutbox,
-    ) -> Result<Stop> {
-        if !self.time_for_a_page() {
-            return Ok(Stop::OutOfTime);
-        }
-        let mut reading = self.read_members_page(position);
-        loop {
-            let page = reading.join(Service::Trifft).await?;
-            let page_index = self.members.page_read(page.next_cursor.clone());
-            self.summary.members += page.data.len() as u64;
-            // The next page is read while this one is mapped and sent.
-            let next = (page.has_more && self.time_for_a_page())
-                .then(|| self.read_members_page(FeedPosition::Cursor(page.next_cursor.clone())));
-            for member in &page.data {
-                let profile = match member_to_profile(member) {
-                    Ok(profile) => profile,
-                    Err(issue) => {
-                        self.report_member_issue(&issue);
-                        continue;
-                    }
-                };
-                match outbox.builder.push(&profile) {
-                    Ok(None) => {
-                        outbox.first_page.get_or_insert(page_index);
-                    }
-                    Ok(Some(full)) => {
-                        // This profile opened the next request, so its page is still open.
-                        self.send_profiles(outbox, full, Some(page_index)).await?;
-                        outbox.first_page = Some(page_index);
-                    }
-                    Err(e) => {
-                        self.summary.profiles_failed += 1;
-                        warn!(member_id = %member.id, reason = %e, "profile not sent: Klaviyo would refuse it");
-                    }
-                }
-            }
-            // A request the page filled is sent now, not when the next page's first item
-            // finds no room in it: that page may be a rate-limit window away. Every page
-            // read is then in a sent request.
-            if let Some(full) = outbox.builder.take_if_full() {
-                self.send_profiles(outbox, full, None).await?;
-            }
-            self.settle_page(outbox, true).await?;
-            if !page.has_more {
-                return Ok(Stop::EndOfFeed);
-            }
-            match next {
-                Some(next) => reading = next,
-                None => return Ok(Stop::OutOfTime),
-            }
-        }
     }
 
     fn report_member_issue(&mut self, issue: &MappingIssue) {
@@ -574,86 +685,76 @@ impl<'a> Run<'a> {
     }
 
     /// Send what is open, wait for every answer, and let the checkpoint pass every page read.
-    async fn flush_profiles(&mut self, mut outbox: ProfileOutbox) -> Result<()> {
+    async fn flush_profiles(&mut self, outbox: &mut ProfileOutbox) -> Result<()> {
         let builder = std::mem::take(&mut outbox.builder);
         if let Some(last) = builder.finish() {
-            self.send_profiles(&mut outbox, last, None).await?;
+            self.send_profiles(outbox, last, None).await?;
         }
-        self.settle(&mut outbox, 0).await?;
+        self.settle(outbox, 0).await?;
         self.members.accept_before(None);
         self.save_checkpoint().await
     }
 
-    async fn sync_events(&mut self, position: FeedPosition) -> Result<Stop> {
-        let mut outbox = Outbox::new(EventBulkBuilder::new(), EVENT_SENDS_IN_FLIGHT);
-        let read = self.read_events(position, &mut outbox).await;
-        self.summary.duplicates_dropped = outbox.builder.duplicates_dropped() as u64;
-        if self.halted {
-            return read;
+    /// Map and send one activity page (the next is read meanwhile). `Some` once the feed
+    /// ended, time is up or the read failed.
+    async fn events_page(&mut self, feed: &mut EventsFeed) -> Result<Option<Stop>> {
+        let Some(mut reading) = feed.reading.take() else {
+            return Ok(Some(Stop::OutOfTime));
+        };
+        let page = reading.join(Service::Trifft).await?;
+        let page_index = self.events.page_read(page.next_cursor.clone());
+        self.summary.events_read += page.data.len() as u64;
+        if page.has_more && self.time_for_a_page() {
+            feed.reading =
+                Some(self.read_events_page(FeedPosition::Cursor(page.next_cursor.clone())));
         }
-        let flushed = self.flush_events(outbox).await;
-        finish_phase(read, flushed)
-    }
-
-    async fn read_events(
-        &mut self,
-        position: FeedPosition,
-        outbox: &mut EventOutbox,
-    ) -> Result<Stop> {
         let options = Options {
             metric_prefix: self.deps.settings.metric_prefix.clone(),
             backfill: self.trigger.mode == Mode::Backfill,
             // Klaviyo takes times up to a year ahead; a day less leaves room for clock skew.
             latest_time: Some(Utc::now() + chrono::Duration::days(364)),
         };
-        if !self.time_for_a_page() {
-            return Ok(Stop::OutOfTime);
-        }
-        let mut reading = self.read_events_page(position);
-        loop {
-            let page = reading.join(Service::Trifft).await?;
-            let page_index = self.events.page_read(page.next_cursor.clone());
-            self.summary.events_read += page.data.len() as u64;
-            let next = (page.has_more && self.time_for_a_page())
-                .then(|| self.read_events_page(FeedPosition::Cursor(page.next_cursor.clone())));
-            for activity in &page.data {
-                let (identity, event) = match event_to_klaviyo(activity, &options) {
-                    Ok(mapped) => mapped,
-                    Err(issue) => {
-                        self.summary.events_skipped += 1;
-                        warn!(issue = issue.kind(), reason = %issue, "event not sent");
-                        continue;
-                    }
-                };
-                match outbox.builder.push(&identity, event) {
-                    Ok(None) => {
-                        if outbox.builder.pending_events() > 0 {
-                            outbox.first_page.get_or_insert(page_index);
-                        }
-                    }
-                    Ok(Some(full)) => {
-                        // This event opened the next request, so its page is still open.
-                        self.send_events(outbox, full, Some(page_index)).await?;
-                        outbox.first_page = Some(page_index);
-                    }
-                    Err(e) => {
-                        self.summary.events_skipped += 1;
-                        warn!(event_id = %activity.id, reason = %e, "event not sent: Klaviyo would refuse it");
+        let outbox = &mut feed.outbox;
+        for activity in &page.data {
+            let (identity, event) = match event_to_klaviyo(activity, &options) {
+                Ok(mapped) => mapped,
+                Err(issue) => {
+                    self.summary.events_skipped += 1;
+                    warn!(issue = issue.kind(), reason = %issue, "event not sent");
+                    continue;
+                }
+            };
+            match outbox.builder.push(&identity, event) {
+                Ok(None) => {
+                    if outbox.builder.pending_events() > 0 {
+                        outbox.first_page.get_or_insert(page_index);
                     }
                 }
-            }
-            if let Some(full) = outbox.builder.take_if_full() {
-                self.send_events(outbox, full, None).await?;
-            }
-            self.settle_page(outbox, false).await?;
-            if !page.has_more {
-                return Ok(Stop::EndOfFeed);
-            }
-            match next {
-                Some(next) => reading = next,
-                None => return Ok(Stop::OutOfTime),
+                Ok(Some(full)) => {
+                    // This event opened the next request, so its page is still open.
+                    self.send_events(outbox, full, Some(page_index)).await?;
+                    outbox.first_page = Some(page_index);
+                }
+                Err(e) => {
+                    self.summary.events_skipped += 1;
+                    warn!(event_id = %activity.id, reason = %e, "event not sent: Klaviyo would refuse it");
+                }
             }
         }
+        if let Some(full) = outbox.builder.take_if_full() {
+            self.send_events(outbox, full, None).await?;
+        }
+        self.settle_page(outbox, false).await?;
+        Ok(feed_stop(&page, &feed.reading))
+    }
+
+    async fn end_events(&mut self, read: Result<Stop>, outbox: &mut EventOutbox) -> Result<Stop> {
+        self.summary.duplicates_dropped = outbox.builder.duplicates_dropped() as u64;
+        if self.halted {
+            return read;
+        }
+        let flushed = self.flush_events(outbox).await;
+        finish_phase(read, flushed)
     }
 
     /// Send a full bulk event job in the background, once there is room for it;
@@ -678,12 +779,12 @@ impl<'a> Run<'a> {
     }
 
     /// Send what is open, wait for every answer, and let the checkpoint pass every page read.
-    async fn flush_events(&mut self, mut outbox: EventOutbox) -> Result<()> {
+    async fn flush_events(&mut self, outbox: &mut EventOutbox) -> Result<()> {
         let builder = std::mem::take(&mut outbox.builder);
         if let Some(last) = builder.finish() {
-            self.send_events(&mut outbox, last, None).await?;
+            self.send_events(outbox, last, None).await?;
         }
-        self.settle(&mut outbox, 0).await?;
+        self.settle(outbox, 0).await?;
         self.events.accept_before(None);
         self.save_checkpoint().await
     }

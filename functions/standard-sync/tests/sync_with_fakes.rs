@@ -546,6 +546,86 @@ async fn a_job_that_fails_behind_a_later_accepted_one_still_holds_the_checkpoint
 }
 
 #[tokio::test]
+async fn a_backfill_reads_both_feeds_at_once() {
+    let world = World::new(1_500, 3_000, FakeTrifft::default(), FakeKlaviyo::default());
+    let deps = world.deps(settings(500));
+    let summary = run_sync(&deps, Trigger::direct(Mode::Backfill), far())
+        .await
+        .unwrap();
+    assert!(summary.completed);
+    let feeds: Vec<String> = world
+        .trifft
+        .positions
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(feed, _)| feed.clone())
+        .collect();
+    let first_events = feeds.iter().position(|f| f == "events").unwrap();
+    let last_members = feeds.iter().rposition(|f| f == "members").unwrap();
+    assert!(first_events < last_members, "not interleaved: {feeds:?}");
+    assert_eq!(world.klaviyo.stored_unique_ids().len(), 3_000);
+    assert_eq!(world.klaviyo.stored_profiles().len(), 1_500);
+    let checkpoint = world
+        .state
+        .load_checkpoint("standard-sync-backfill")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            &checkpoint.body["members_cursor"],
+            &checkpoint.body["events_cursor"]
+        ),
+        (&json!("1500"), &json!("3000"))
+    );
+}
+
+#[tokio::test]
+async fn a_failure_in_one_backfill_feed_still_sends_what_both_read() {
+    // An events page fails while the members feed is still being read.
+    let trifft = FakeTrifft {
+        fail_request: Some(6),
+        ..Default::default()
+    };
+    let world = World::new(2_000, 3_000, trifft, FakeKlaviyo::default());
+    let deps = world.deps(settings(250));
+    let error = run_sync(&deps, Trigger::direct(Mode::Backfill), far())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Upstream {
+                service: Service::Trifft,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let (events_before, profiles_before) = (
+        world.klaviyo.stored_unique_ids().len(),
+        world.klaviyo.stored_profiles().len(),
+    );
+    assert!(
+        events_before > 0 && profiles_before > 0,
+        "{events_before} {profiles_before}"
+    );
+    // The next run continues exactly where each feed's accepted requests ended.
+    let summary = run_sync(&deps, Trigger::direct(Mode::Backfill), far())
+        .await
+        .unwrap();
+    assert!(summary.completed);
+    let ids = world.klaviyo.stored_unique_ids();
+    assert_eq!(ids.len(), 3_000, "nothing accepted is sent again");
+    assert_eq!(
+        ids.iter().cloned().collect::<HashSet<_>>(),
+        all_event_ids(3_000)
+    );
+    assert_eq!(world.klaviyo.stored_profiles().len(), 2_000);
+}
+
+#[tokio::test]
 async fn a_trifft_failure_sends_what_was_read_then_reports_the_error() {
     // Request 1 = members, 2..=4 = event pages, 5 fails.
     let trifft = FakeTrifft {
