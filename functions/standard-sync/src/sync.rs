@@ -671,12 +671,27 @@ impl<'a> Run<'a> {
         request: ProfileBulkRequest,
         still_open: Option<u64>,
     ) -> Result<()> {
-        self.settle(outbox, outbox.max_in_flight - 1).await?;
         let (klaviyo, stop_at) = (self.deps.klaviyo.clone(), self.stop_at);
         let items = request.profiles;
         let still_open = still_open.unwrap_or(self.members.next_page);
+        let send = async move { klaviyo.bulk_import_profiles(&request, stop_at).await };
+        self.enqueue(outbox, items, still_open, send).await
+    }
+
+    /// Start a request in its own task once fewer than the outbox's limit are unanswered.
+    async fn enqueue<B, T: Send + 'static>(
+        &mut self,
+        outbox: &mut Outbox<B, T>,
+        items: usize,
+        still_open: u64,
+        send: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<()>
+    where
+        Self: Accept<T>,
+    {
+        self.settle(outbox, outbox.max_in_flight - 1).await?;
         outbox.sent.push_back(Sent {
-            task: Task::spawn(async move { klaviyo.bulk_import_profiles(&request, stop_at).await }),
+            task: Task::spawn(send),
             items,
             still_open,
         });
@@ -765,17 +780,11 @@ impl<'a> Run<'a> {
         request: EventBulkRequest,
         still_open: Option<u64>,
     ) -> Result<()> {
-        self.settle(outbox, outbox.max_in_flight - 1).await?;
         let (klaviyo, stop_at) = (self.deps.klaviyo.clone(), self.stop_at);
         let items = request.events;
         let still_open = still_open.unwrap_or(self.events.next_page);
-        outbox.sent.push_back(Sent {
-            task: Task::spawn(async move { klaviyo.bulk_create_events(&request, stop_at).await }),
-            items,
-            still_open,
-        });
-        outbox.first_page = None;
-        Ok(())
+        let send = async move { klaviyo.bulk_create_events(&request, stop_at).await };
+        self.enqueue(outbox, items, still_open, send).await
     }
 
     /// Send what is open, wait for every answer, and let the checkpoint pass every page read.
