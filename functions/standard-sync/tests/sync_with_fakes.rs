@@ -352,6 +352,24 @@ fn all_event_ids(n: usize) -> HashSet<String> {
     (0..n).map(|i| format!("e-{i:06}")).collect()
 }
 
+/// The checkpoint a run left, which must exist.
+async fn stored_checkpoint(world: &World, name: &str) -> StoredCheckpoint {
+    world.state.load_checkpoint(name).await.unwrap().unwrap()
+}
+
+fn assert_trifft_failed(error: &Error) {
+    assert!(
+        matches!(
+            error,
+            Error::Upstream {
+                service: Service::Trifft,
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
 // ---------- tests ----------
 
 #[tokio::test]
@@ -392,12 +410,7 @@ async fn one_run_sends_every_event_once_in_the_fewest_requests() {
     );
     // 1 members page + 25 event pages.
     assert_eq!(summary.trifft_requests, 26);
-    let checkpoint = world
-        .state
-        .load_checkpoint("standard-sync")
-        .await
-        .unwrap()
-        .unwrap();
+    let checkpoint = stored_checkpoint(&world, "standard-sync").await;
     assert_eq!(checkpoint.body["events_cursor"], "2500");
     assert_eq!(checkpoint.body["members_cursor"], "30");
     assert_eq!(summary.checkpoint.as_ref(), Some(&checkpoint.body));
@@ -476,12 +489,7 @@ async fn a_failed_job_keeps_the_checkpoint_before_it_and_the_next_run_resends() 
     );
     // Only the first job (events 0..1000) was accepted: the checkpoint is at the page
     // boundary before the failed job's first event.
-    let checkpoint = world
-        .state
-        .load_checkpoint("standard-sync")
-        .await
-        .unwrap()
-        .unwrap();
+    let checkpoint = stored_checkpoint(&world, "standard-sync").await;
     assert_eq!(checkpoint.body["events_cursor"], "1000");
     assert_eq!(world.klaviyo.stored_unique_ids().len(), 1_000);
 
@@ -525,12 +533,7 @@ async fn a_job_that_fails_behind_a_later_accepted_one_still_holds_the_checkpoint
     // Job 2 reached Klaviyo, but its acceptance cannot move the checkpoint past job 1's
     // events, which are lost from memory.
     assert_eq!(world.klaviyo.stored_unique_ids().len(), 1_000);
-    let checkpoint = world
-        .state
-        .load_checkpoint("standard-sync")
-        .await
-        .unwrap()
-        .unwrap();
+    let checkpoint = stored_checkpoint(&world, "standard-sync").await;
     assert_eq!(checkpoint.body["events_cursor"], Value::Null);
 
     let summary = run_sync(&deps, Trigger::direct(Mode::Incremental), far())
@@ -566,12 +569,7 @@ async fn a_backfill_reads_both_feeds_at_once() {
     assert!(first_events < last_members, "not interleaved: {feeds:?}");
     assert_eq!(world.klaviyo.stored_unique_ids().len(), 3_000);
     assert_eq!(world.klaviyo.stored_profiles().len(), 1_500);
-    let checkpoint = world
-        .state
-        .load_checkpoint("standard-sync-backfill")
-        .await
-        .unwrap()
-        .unwrap();
+    let checkpoint = stored_checkpoint(&world, "standard-sync-backfill").await;
     assert_eq!(
         (
             &checkpoint.body["members_cursor"],
@@ -593,16 +591,7 @@ async fn a_failure_in_one_backfill_feed_still_sends_what_both_read() {
     let error = run_sync(&deps, Trigger::direct(Mode::Backfill), far())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            Error::Upstream {
-                service: Service::Trifft,
-                ..
-            }
-        ),
-        "{error}"
-    );
+    assert_trifft_failed(&error);
     let (events_before, profiles_before) = (
         world.klaviyo.stored_unique_ids().len(),
         world.klaviyo.stored_profiles().len(),
@@ -637,23 +626,9 @@ async fn a_trifft_failure_sends_what_was_read_then_reports_the_error() {
     let error = run_sync(&deps, Trigger::direct(Mode::Incremental), far())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            Error::Upstream {
-                service: Service::Trifft,
-                ..
-            }
-        ),
-        "{error}"
-    );
+    assert_trifft_failed(&error);
     assert_eq!(world.klaviyo.stored_unique_ids().len(), 600);
-    let checkpoint = world
-        .state
-        .load_checkpoint("standard-sync")
-        .await
-        .unwrap()
-        .unwrap();
+    let checkpoint = stored_checkpoint(&world, "standard-sync").await;
     assert_eq!(checkpoint.body["events_cursor"], "600");
 }
 
