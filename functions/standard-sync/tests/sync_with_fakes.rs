@@ -142,6 +142,21 @@ struct FakeKlaviyo {
 }
 
 impl FakeKlaviyo {
+    /// Bulk event job number `n` fails as when Klaviyo's retries are spent.
+    fn failing_event_job(n: u64) -> Self {
+        FakeKlaviyo {
+            fail_event_job: Mutex::new(Some((
+                n,
+                Error::Upstream {
+                    service: Service::Klaviyo,
+                    status: 503,
+                    detail: "retries spent".into(),
+                },
+            ))),
+            ..Default::default()
+        }
+    }
+
     fn stored_unique_ids(&self) -> Vec<String> {
         let jobs = self.event_jobs.lock().unwrap();
         jobs.iter()
@@ -469,15 +484,7 @@ async fn first_incremental_run_starts_at_the_lookback_and_backfill_at_the_beginn
 
 #[tokio::test]
 async fn a_failed_job_keeps_the_checkpoint_before_it_and_the_next_run_resends() {
-    let klaviyo = FakeKlaviyo::default();
-    *klaviyo.fail_event_job.lock().unwrap() = Some((
-        2,
-        Error::Upstream {
-            service: Service::Klaviyo,
-            status: 503,
-            detail: "retries spent".into(),
-        },
-    ));
+    let klaviyo = FakeKlaviyo::failing_event_job(2);
     let world = World::new(10, 3_500, FakeTrifft::default(), klaviyo);
     let deps = world.deps(settings(250));
     let error = run_sync(&deps, Trigger::direct(Mode::Incremental), far())
@@ -511,16 +518,8 @@ async fn a_job_that_fails_behind_a_later_accepted_one_still_holds_the_checkpoint
     // Job 1 is slow and then fails; job 2, sent while it is in flight, is accepted first.
     let klaviyo = FakeKlaviyo {
         slow_event_job: Some((1, Duration::from_millis(200))),
-        ..Default::default()
+        ..FakeKlaviyo::failing_event_job(1)
     };
-    *klaviyo.fail_event_job.lock().unwrap() = Some((
-        1,
-        Error::Upstream {
-            service: Service::Klaviyo,
-            status: 503,
-            detail: "retries spent".into(),
-        },
-    ));
     let world = World::new(10, 3_500, FakeTrifft::default(), klaviyo);
     let deps = world.deps(settings(250));
     let error = run_sync(&deps, Trigger::direct(Mode::Incremental), far())
